@@ -1,0 +1,108 @@
+"""``tenant-proxy``: run the proxy, make password verifiers, run the demo."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import getpass
+import signal
+import sys
+
+from proxy.auth.scram import make_verifier
+from proxy.config.settings import Settings, load_settings
+from proxy.config.yamlsource import ConfigError
+from proxy.observability.logs import configure_logging
+from proxy.server.listener import ProxyServer
+
+
+def _install_uvloop() -> None:
+    with contextlib.suppress(ImportError):
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+async def serve(settings: Settings) -> None:
+    """Run until SIGINT or SIGTERM."""
+    server = ProxyServer(settings)
+    await server.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    print(f"tenant-proxy listening on {settings.listen_host}:{server.port}", flush=True)
+    await stop.wait()
+    await server.close()
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    try:
+        settings = load_settings(args.config, listen=args.listen, upstream=args.upstream,
+                                 rules=args.rules)
+    except ConfigError as exc:
+        print(f"tenant-proxy: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(args.log_level, args.log_format)
+    _install_uvloop()
+    asyncio.run(serve(settings))
+    return 0
+
+
+def cmd_passwd(args: argparse.Namespace) -> int:
+    password = args.password
+    if password is None:
+        password = sys.stdin.readline().rstrip("\n") if not sys.stdin.isatty() else \
+            getpass.getpass("Password: ")
+    if not password:
+        print("tenant-proxy: empty password", file=sys.stderr)
+        return 2
+    verifier = str(make_verifier(password, args.iterations))
+    print(f"{args.user}: \"{verifier}\"" if args.user else verifier)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from proxy.cli.demo import run_demo
+
+    configure_logging(args.log_level, "text")
+    _install_uvloop()
+    return run_demo(port=args.port, interactive=not args.no_wait)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tenant-proxy", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the proxy")
+    run.add_argument("--config", "-c", help="settings file (env TENANT_PROXY_CONFIG)")
+    run.add_argument("--listen", "-l", help="HOST:PORT to listen on (env TENANT_PROXY_LISTEN)")
+    run.add_argument("--upstream", "-u",
+                     help="postgresql:// URL of the upstream (env TENANT_PROXY_UPSTREAM)")
+    run.add_argument("--rules", "-r", help="rules file (env TENANT_PROXY_RULES)")
+    run.add_argument("--log-level", default="info")
+    run.add_argument("--log-format", choices=("json", "text"), default="json")
+    run.set_defaults(func=cmd_run)
+
+    passwd = sub.add_parser("passwd", help="turn a password into a SCRAM-SHA-256 verifier")
+    passwd.add_argument("user", nargs="?", help="print as a YAML 'user: verifier' line")
+    passwd.add_argument("--password", help="the password (default: prompt or stdin)")
+    passwd.add_argument("--iterations", type=int, default=4096)
+    passwd.set_defaults(func=cmd_passwd)
+
+    demo = sub.add_parser("demo", help="throwaway PostgreSQL + proxy to try with psql")
+    demo.add_argument("--port", type=int, default=6432, help="proxy port (0: any free port)")
+    demo.add_argument("--no-wait", action="store_true",
+                      help="run the demonstration and exit instead of waiting for Ctrl-C")
+    demo.add_argument("--log-level", default="warning")
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

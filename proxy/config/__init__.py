@@ -1,0 +1,1 @@
+"""Proxy settings: listen address, upstream, client auth, TLS and limits."""

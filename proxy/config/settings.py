@@ -1,0 +1,263 @@
+"""The proxy's own settings (not the tenant rules): where to listen, which
+upstream to use, how clients authenticate, TLS and resource limits.
+
+Sources, highest precedence first: command-line flags, ``TENANT_PROXY_*``
+environment variables, the YAML settings file, defaults. Every key is
+documented in README.md ("Settings reference").
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from proxy.auth.scram import ScramVerifier
+from proxy.config.yamlsource import ConfigError, Located, load_yaml
+
+SSLMODES = ("disable", "prefer", "require", "verify-ca", "verify-full")
+CLIENT_AUTH_METHODS = ("scram-sha-256", "trust")
+CLIENT_TLS_MODES = ("disable", "allow", "require")
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_message_size: int = 64 * 1024 * 1024
+    max_startup_packet: int = 10_000
+    max_startup_parameters: int = 64
+    login_timeout: float = 15.0
+    upstream_connect_timeout: float = 10.0
+    max_client_connections: int = 10_000
+    cancel_grace: float = 1.0
+
+
+@dataclass(frozen=True)
+class UpstreamSettings:
+    host: str = "127.0.0.1"
+    port: int = 5432
+    database: str | None = None
+    user: str | None = None
+    password: str | None = None
+    passwords: Mapping[str, str] = field(default_factory=dict)
+    sslmode: str = "prefer"
+    sslrootcert: str | None = None
+
+    def password_for(self, user: str) -> str | None:
+        return self.passwords.get(user, self.password)
+
+
+@dataclass(frozen=True)
+class ClientTLS:
+    mode: str = "disable"
+    cert: str | None = None
+    key: str | None = None
+    client_ca: str | None = None
+
+
+@dataclass(frozen=True)
+class ClientAuth:
+    method: str = "scram-sha-256"
+    users: Mapping[str, ScramVerifier] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Settings:
+    listen_host: str = "127.0.0.1"
+    listen_port: int = 6432
+    upstream: UpstreamSettings = field(default_factory=UpstreamSettings)
+    auth: ClientAuth = field(default_factory=ClientAuth)
+    tls: ClientTLS = field(default_factory=ClientTLS)
+    limits: Limits = field(default_factory=Limits)
+    rules: str | None = None
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ConfigError(f"listen address {text!r} must be HOST:PORT")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def parse_upstream_url(url: str, base: UpstreamSettings) -> UpstreamSettings:
+    """A libpq-style URL: postgresql://[user[:password]@]host[:port][/db][?sslmode=..]."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("postgres", "postgresql"):
+        raise ConfigError(f"upstream URL {url!r} must start with postgresql://")
+    query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+    sslmode = query.get("sslmode", base.sslmode)
+    if sslmode not in SSLMODES:
+        raise ConfigError(f"upstream sslmode {sslmode!r} must be one of {', '.join(SSLMODES)}")
+    return replace(
+        base,
+        host=parts.hostname or base.host,
+        port=parts.port or base.port,
+        database=unquote(parts.path.lstrip("/")) or base.database,
+        user=unquote(parts.username) if parts.username else base.user,
+        password=unquote(parts.password) if parts.password else base.password,
+        sslmode=sslmode,
+        sslrootcert=query.get("sslrootcert", base.sslrootcert),
+    )
+
+
+class _Reader:
+    """Typed access to a located YAML mapping, with errors naming file, line and key."""
+
+    def __init__(self, doc: Located) -> None:
+        self.doc = doc
+
+    def section(self, path: tuple[str, ...], allowed: set[str]) -> dict[str, Any]:
+        node: Any = self.doc.data
+        for key in path:
+            node = node.get(key, {}) if isinstance(node, dict) else None
+        if node is None:
+            return {}
+        if not isinstance(node, dict):
+            raise self.doc.error(path, "expected a mapping")
+        for key in node:
+            if key not in allowed:
+                raise self.doc.error((*path, key), f"unknown key (expected one of: "
+                                     f"{', '.join(sorted(allowed))})")
+        return node
+
+    def value(self, path: tuple[str, ...], section: dict[str, Any], kind: type, default: Any) -> Any:
+        raw = section.get(path[-1], default)
+        if raw is default:
+            return default
+        if kind is float and isinstance(raw, int) and not isinstance(raw, bool):
+            raw = float(raw)
+        if not isinstance(raw, kind) or (isinstance(raw, bool) and kind is not bool):
+            raise self.doc.error(path, f"expected {kind.__name__}, got {type(raw).__name__}")
+        return raw
+
+    def choice(self, path: tuple[str, ...], section: dict[str, Any], choices: tuple[str, ...],
+               default: str) -> str:
+        value = self.value(path, section, str, default)
+        if value not in choices:
+            raise self.doc.error(path, f"{value!r} is not one of {', '.join(choices)}")
+        return value
+
+    def secret(self, path: tuple[str, ...], section: dict[str, Any]) -> str | None:
+        """A secret given inline, as {env: NAME} or as {file: PATH}."""
+        raw = section.get(path[-1])
+        if raw is None or isinstance(raw, str):
+            return raw
+        if isinstance(raw, dict) and len(raw) == 1:
+            (how, where), = raw.items()
+            if how == "env":
+                if where not in os.environ:
+                    raise self.doc.error(path, f"environment variable {where} is not set")
+                return os.environ[where]
+            if how == "file":
+                try:
+                    return Path(where).read_text().strip()
+                except OSError as exc:
+                    raise self.doc.error(path, f"cannot read {where}: {exc.strerror}") from exc
+        raise self.doc.error(path, "expected a string, {env: NAME} or {file: PATH}")
+
+
+def _limits(r: _Reader) -> Limits:
+    section = r.section(("limits",), set(Limits.__dataclass_fields__))
+    defaults = Limits()
+    values = {}
+    for name in Limits.__dataclass_fields__:
+        default = getattr(defaults, name)
+        value = r.value(("limits", name), section, type(default), default)
+        if value <= 0:
+            raise r.doc.error(("limits", name), "must be positive")
+        values[name] = value
+    return Limits(**values)
+
+
+def _upstream(r: _Reader) -> UpstreamSettings:
+    keys = {"url", "host", "port", "database", "user", "password", "passwords", "sslmode",
+            "sslrootcert"}
+    s = r.section(("upstream",), keys)
+    base = UpstreamSettings()
+    url = r.value(("upstream", "url"), s, str, None)
+    if url:
+        try:
+            base = parse_upstream_url(url, base)
+        except ConfigError as exc:
+            raise r.doc.error(("upstream", "url"), str(exc)) from exc
+    passwords_section = r.section(("upstream", "passwords"), set(s.get("passwords") or {}))
+    passwords = {user: r.secret(("upstream", "passwords", user), passwords_section) or ""
+                 for user in passwords_section}
+    return replace(
+        base,
+        host=r.value(("upstream", "host"), s, str, base.host),
+        port=r.value(("upstream", "port"), s, int, base.port),
+        database=r.value(("upstream", "database"), s, str, base.database),
+        user=r.value(("upstream", "user"), s, str, base.user),
+        password=r.secret(("upstream", "password"), s) or base.password,
+        passwords=passwords,
+        sslmode=r.choice(("upstream", "sslmode"), s, SSLMODES, base.sslmode),
+        sslrootcert=r.value(("upstream", "sslrootcert"), s, str, base.sslrootcert),
+    )
+
+
+def _auth(r: _Reader) -> ClientAuth:
+    s = r.section(("auth",), {"method", "users"})
+    users_section = r.section(("auth", "users"), set(s.get("users") or {}))
+    users = {}
+    for name, text in users_section.items():
+        if not isinstance(text, str):
+            raise r.doc.error(("auth", "users", name), "expected a SCRAM-SHA-256 verifier string")
+        try:
+            users[name] = ScramVerifier.parse(text)
+        except ValueError as exc:
+            raise r.doc.error(("auth", "users", name),
+                              f"{exc}; make one with `tenant-proxy passwd`") from exc
+    return ClientAuth(r.choice(("auth", "method"), s, CLIENT_AUTH_METHODS, "scram-sha-256"), users)
+
+
+def _tls(r: _Reader) -> ClientTLS:
+    s = r.section(("tls",), {"mode", "cert", "key", "client_ca"})
+    tls = ClientTLS(
+        mode=r.choice(("tls", "mode"), s, CLIENT_TLS_MODES, "disable"),
+        cert=r.value(("tls", "cert"), s, str, None),
+        key=r.value(("tls", "key"), s, str, None),
+        client_ca=r.value(("tls", "client_ca"), s, str, None),
+    )
+    if tls.mode != "disable" and not (tls.cert and tls.key):
+        raise r.doc.error(("tls", "mode"), f"mode {tls.mode} needs tls.cert and tls.key")
+    return tls
+
+
+def settings_from_document(doc: Located) -> Settings:
+    if not isinstance(doc.data, dict):
+        raise doc.error((), "expected a mapping at the top level")
+    r = _Reader(doc)
+    top = r.section((), {"listen", "upstream", "auth", "tls", "limits", "rules"})
+    host, port = Settings.listen_host, Settings.listen_port
+    listen = r.value(("listen",), top, str, None)
+    if listen:
+        try:
+            host, port = parse_listen(listen)
+        except ConfigError as exc:
+            raise doc.error(("listen",), str(exc)) from exc
+    return Settings(host, port, _upstream(r), _auth(r), _tls(r), _limits(r),
+                    r.value(("rules",), top, str, None))
+
+
+def load_settings(path: str | None, *, listen: str | None = None, upstream: str | None = None,
+                  rules: str | None = None, env: Mapping[str, str] = os.environ) -> Settings:
+    """Merge the settings file with environment variables and flags."""
+    path = path or env.get("TENANT_PROXY_CONFIG")
+    settings = settings_from_document(load_yaml(path)) if path else Settings()
+    listen = listen or env.get("TENANT_PROXY_LISTEN")
+    if listen:
+        host, port = parse_listen(listen)
+        settings = replace(settings, listen_host=host, listen_port=port)
+    upstream = upstream or env.get("TENANT_PROXY_UPSTREAM")
+    if upstream:
+        settings = replace(settings, upstream=parse_upstream_url(upstream, settings.upstream))
+    if "TENANT_PROXY_UPSTREAM_PASSWORD" in env:
+        settings = replace(settings, upstream=replace(
+            settings.upstream, password=env["TENANT_PROXY_UPSTREAM_PASSWORD"]))
+    rules = rules or env.get("TENANT_PROXY_RULES")
+    if rules:
+        settings = replace(settings, rules=rules)
+    return settings

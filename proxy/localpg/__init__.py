@@ -1,0 +1,1 @@
+"""Throwaway PostgreSQL clusters for the demo, the tests and the benchmarks."""

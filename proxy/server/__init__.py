@@ -1,0 +1,1 @@
+"""The asyncio layer: sockets, TLS and timers around the sans-IO codec."""

@@ -1,0 +1,305 @@
+"""One client connection: startup, authentication, upstream, then the relay."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+from dataclasses import dataclass
+
+from proxy.auth.scram import MECHANISM, ScramServer
+from proxy.config.settings import Settings
+from proxy.errors import (
+    AdminShutdown,
+    ConnectionFailure,
+    InvalidAuthorization,
+    PgError,
+    ProtocolViolation,
+)
+from proxy.server.cancel import CancelKey, CancelRegistry
+from proxy.server.streams import READ_SIZE, MessageStream, unread_bytes
+from proxy.server.upstream import UpstreamConnection, cancel_upstream, open_upstream
+from proxy.sql.hooks import StatementHook
+from proxy.wire import backend as be
+from proxy.wire.fields import FieldReader
+from proxy.wire.framing import MessageFramer, StartupFramer
+from proxy.wire.frontend import (
+    CancelRequest,
+    GSSENCRequest,
+    PasswordMessage,
+    SASLInitialResponse,
+    SSLRequest,
+    StartupMessage,
+    decode_startup,
+)
+from proxy.wire.relay import Relay
+
+log = logging.getLogger("tenant_proxy.session")
+
+#: Startup parameters the proxy decides itself instead of forwarding.
+_NOT_FORWARDED = {"user", "database", "replication"}
+
+
+@dataclass
+class ServerState:
+    """What sessions share: settings, the cancel registry and the statement hook."""
+
+    settings: Settings
+    cancels: CancelRegistry
+    client_tls: ssl.SSLContext | None
+    hook: StatementHook
+    draining: bool = False
+
+
+class Session:
+    def __init__(self, state: ServerState, reader: asyncio.StreamReader,
+                 writer: asyncio.StreamWriter) -> None:
+        self.state = state
+        self.limits = state.settings.limits
+        self.reader = reader
+        self.writer = writer
+        self.tls = False
+        self.user = ""
+        self.upstream: UpstreamConnection | None = None
+        self.cancel_key: CancelKey | None = None
+        self.relay: Relay | None = None
+        self.upstream_dead = False
+        peer = writer.get_extra_info("peername")
+        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+
+    async def run(self) -> None:
+        try:
+            try:
+                async with asyncio.timeout(self.limits.login_timeout):
+                    startup = await self._startup()
+                    if startup is None:
+                        return
+                    leftover = await self._login(startup)
+            except TimeoutError:
+                await self._fail(ProtocolViolation(
+                    f"login timeout expired ({self.limits.login_timeout:g} s)"))
+                return
+            await self._relay(leftover)
+        except PgError as exc:
+            await self._fail(exc)
+        except (ConnectionError, ssl.SSLError, OSError) as exc:
+            log.info("client %s disconnected: %s", self.peer, exc)
+        finally:
+            await self._close()
+
+    # --- startup ------------------------------------------------------------
+
+    async def _startup(self) -> StartupMessage | None:
+        """Read startup packets until a StartupMessage (None: nothing more to do)."""
+        framer = StartupFramer(self.limits.max_startup_packet)
+        while True:
+            body = framer.next_packet()
+            if body is None:
+                data = await self.reader.read(READ_SIZE)
+                if not data:
+                    return None
+                framer.feed(data)
+                continue
+            packet = decode_startup(body, max_parameters=self.limits.max_startup_parameters)
+            if isinstance(packet, CancelRequest):
+                await self._cancel(packet)
+                return None
+            if isinstance(packet, GSSENCRequest):
+                self.writer.write(b"N")
+                continue
+            if isinstance(packet, SSLRequest):
+                await self._ssl_request(framer)
+                continue
+            if framer.buffered:
+                raise ProtocolViolation("unexpected data after the startup packet")
+            return packet
+
+    async def _ssl_request(self, framer: StartupFramer) -> None:
+        ctx = self.state.client_tls
+        if self.tls:
+            raise ProtocolViolation("SSLRequest received on an encrypted connection")
+        if ctx is None:
+            self.writer.write(b"N")
+            return
+        if framer.buffered or unread_bytes(self.reader):
+            raise ProtocolViolation("received unencrypted data after SSL request",
+                                    hint="This could be either a client-software bug or "
+                                         "evidence of an attempted man-in-the-middle attack.")
+        self.writer.write(b"S")
+        await self.writer.drain()
+        await self.writer.start_tls(ctx)
+        self.tls = True
+
+    async def _cancel(self, packet: CancelRequest) -> None:
+        canceller = self.state.cancels.lookup(packet.process_id, packet.secret_key)
+        if canceller is None:
+            log.info("cancel request from %s for unknown backend %d", self.peer,
+                     packet.process_id)
+            return
+        await canceller()
+
+    # --- authentication and upstream ----------------------------------------
+
+    async def _login(self, startup: StartupMessage) -> bytes:
+        settings = self.state.settings
+        params = startup.parameters
+        self.user = params.get("user", "")
+        if not self.user:
+            raise InvalidAuthorization("no PostgreSQL user name specified in startup packet")
+        if settings.tls.mode == "require" and not self.tls:
+            raise InvalidAuthorization(
+                f'connection for user "{self.user}" requires SSL encryption',
+                hint="Connect with sslmode=require.")
+        if params.get("replication", "false").lower() not in ("false", "off", "no", "0"):
+            raise InvalidAuthorization("replication connections are not supported by the proxy")
+        if self.state.draining:
+            raise AdminShutdown("the proxy is shutting down")
+        unknown = [k for k in params if k.startswith("_pq_.")]
+        if startup.minor > 0 or unknown:
+            self.writer.write(be.NegotiateProtocolVersion(0, tuple(unknown)).encode())
+        stream = MessageStream(self.reader, MessageFramer(self.limits.max_message_size,
+                                                          "client"))
+        await self._authenticate(stream)
+        upstream_params = {k: v for k, v in params.items()
+                           if k not in _NOT_FORWARDED and not k.startswith("_pq_.")}
+        up = settings.upstream
+        upstream_params["user"] = up.user or self.user
+        upstream_params["database"] = up.database or params.get("database") or self.user
+        self.upstream = await open_upstream(up, upstream_params,
+                                            timeout=self.limits.upstream_connect_timeout,
+                                            max_message_size=self.limits.max_message_size)
+        self.cancel_key = self.state.cancels.register(self._cancel_upstream)
+        self.writer.write(b"".join([
+            be.Authentication(be.AUTH_OK).encode(),
+            *self.upstream.parameter_status,
+            be.BackendKeyData(self.cancel_key.process_id, self.cancel_key.secret_key).encode(),
+            be.ReadyForQuery(self.upstream.status).encode(),
+        ]))
+        await self.writer.drain()
+        log.info("session started: client=%s user=%s tls=%s", self.peer, self.user, self.tls)
+        return stream.leftover()
+
+    async def _authenticate(self, stream: MessageStream) -> None:
+        auth = self.state.settings.auth
+        if auth.method == "trust":
+            return
+        server = ScramServer(self.user, auth.users.get(self.user))
+        self.writer.write(be.Authentication.sasl([MECHANISM]).encode())
+        initial = SASLInitialResponse.parse(await self._password_message(stream))
+        first = server.first(initial.mechanism, initial.data or b"")
+        self.writer.write(be.Authentication(be.AUTH_SASL_CONTINUE, first).encode())
+        final = server.final(await self._password_message(stream))
+        self.writer.write(be.Authentication(be.AUTH_SASL_FINAL, final).encode())
+
+    async def _password_message(self, stream: MessageStream) -> bytes:
+        await self.writer.drain()
+        msg = await stream.recv()
+        if msg is None:
+            raise ConnectionResetError("client closed the connection during authentication")
+        kind, body = msg
+        if kind != PasswordMessage.type_code[0]:
+            raise ProtocolViolation(
+                f"expected password response, got message type {bytes((kind,))!r}")
+        return PasswordMessage.decode(FieldReader(body, "PasswordMessage")).payload
+
+    async def _cancel_upstream(self) -> bool:
+        if self.upstream is None:
+            return False
+        return await cancel_upstream(self.state.settings.upstream, self.upstream.process_id,
+                                     self.upstream.secret_key,
+                                     self.state.settings.limits.upstream_connect_timeout)
+
+    # --- relay --------------------------------------------------------------
+
+    async def _relay(self, leftover: bytes) -> None:
+        assert self.upstream is not None
+        relay = self.relay = Relay(max_message_size=self.limits.max_message_size,
+                                   hook=self.state.hook)
+        relay.status = self.upstream.status
+        client_task = asyncio.create_task(self._pump_client(relay, leftover))
+        upstream_task = asyncio.create_task(self._pump_upstream(relay, self.upstream.leftover))
+        try:
+            await asyncio.wait({client_task, upstream_task}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (client_task, upstream_task):
+                task.cancel()
+            results = await asyncio.gather(client_task, upstream_task, return_exceptions=True)
+        for result in results:
+            if isinstance(result, ConnectionFailure):
+                self.upstream_dead = True
+            if isinstance(result, PgError):
+                raise result
+
+    async def _pump_client(self, relay: Relay, initial: bytes) -> None:
+        assert self.upstream is not None
+        writer = self.upstream.writer
+        data = initial
+        while True:
+            if data:
+                out = relay.from_client(data)
+                if out.to_client:
+                    self.writer.writelines(out.to_client)
+                if out.to_upstream:
+                    try:
+                        writer.writelines(out.to_upstream)
+                        await writer.drain()
+                    except (ConnectionError, OSError) as exc:
+                        raise ConnectionFailure(
+                            "server closed the connection unexpectedly") from exc
+                if out.terminate:
+                    return
+            data = await self.reader.read(READ_SIZE)
+            if not data:
+                return
+
+    async def _pump_upstream(self, relay: Relay, initial: bytes) -> None:
+        assert self.upstream is not None
+        reader = self.upstream.reader
+        data = initial
+        while True:
+            if data:
+                out = relay.from_upstream(data)
+                self.writer.writelines(out.to_client)
+                await self.writer.drain()
+            try:
+                data = await reader.read(READ_SIZE)
+            except (ConnectionError, OSError):
+                data = b""
+            if not data:
+                if not relay.upstream_fatal:
+                    raise ConnectionFailure("server closed the connection unexpectedly",
+                                            hint="The upstream server terminated abnormally "
+                                                 "or the network failed.")
+                return
+
+    # --- teardown -----------------------------------------------------------
+
+    async def _fail(self, error: PgError) -> None:
+        if error.sqlstate not in ("28P01", "28000"):
+            log.info("session %s: %s %s", self.peer, error.sqlstate, error.message)
+        else:
+            log.warning("authentication failed for user %r from %s: %s", self.user,
+                        self.peer, error.message)
+        fields = error.fields()
+        if not error.fatal and fields.get("S") != "FATAL":
+            fields = {**fields, "S": "FATAL", "V": "FATAL"}
+        with contextlib.suppress(ConnectionError, OSError, RuntimeError):
+            self.writer.write(be.ErrorResponse(fields).encode())
+            await self.writer.drain()
+
+    async def _close(self) -> None:
+        if self.relay is not None and self.relay.busy and not self.upstream_dead:
+            log.info("client %s left mid-query; cancelling its upstream query", self.peer)
+            await self._cancel_upstream()
+        if self.cancel_key is not None:
+            self.state.cancels.unregister(self.cancel_key)
+        if self.upstream is not None:
+            up = self.upstream.writer
+            with contextlib.suppress(ConnectionError, OSError, RuntimeError):
+                if not up.is_closing():
+                    up.write(b"X\x00\x00\x00\x04")
+                up.close()
+        with contextlib.suppress(ConnectionError, OSError, RuntimeError, TimeoutError):
+            self.writer.close()
+            await asyncio.wait_for(self.writer.wait_closed(), 1.0)

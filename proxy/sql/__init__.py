@@ -1,0 +1,1 @@
+"""The SQL pipeline: what happens to each statement before it is forwarded."""

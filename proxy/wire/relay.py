@@ -1,0 +1,172 @@
+"""The ready-phase session state machine, sans-IO.
+
+Bytes from the client go in through ``from_client`` and bytes from the
+upstream through ``from_upstream``; each returns what to send where. Most
+traffic passes through as the same bytes it arrived in; only statements
+(for the SQL pipeline), refusals and a few status messages are looked at.
+
+Refusals keep PostgreSQL's own semantics by letting PostgreSQL produce the
+error: the refused message is replaced by one that fails at the same point
+(a statement that is a single unguessable identifier, hence a syntax error),
+and that ErrorResponse is swapped for the refusal on its way back. The
+upstream therefore aborts the transaction, skips to Sync and reports the true
+transaction status, exactly as if it had raised the refusal itself (I5), and
+responses stay in order however deeply the client pipelines.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass, field
+
+from proxy.errors import PgError, ProtocolViolation, Unsupported
+from proxy.sql.hooks import PassThrough, StatementHook
+from proxy.wire.backend import ErrorResponse
+from proxy.wire.fields import FieldReader
+from proxy.wire.framing import Frames, MessageFramer
+from proxy.wire.frontend import FRONTEND_DECODERS, Parse, Query
+
+_Q, _P, _F, _S, _X, _PASSWORD = b"Q"[0], b"P"[0], b"F"[0], b"S"[0], b"X"[0], b"p"[0]
+_Z, _E = b"Z"[0], b"E"[0]
+
+
+@dataclass(slots=True)
+class Output:
+    to_upstream: list[bytes] = field(default_factory=list)
+    to_client: list[bytes] = field(default_factory=list)
+    #: The client sent Terminate: forward what is queued, then close both sides.
+    terminate: bool = False
+
+
+class Relay:
+    """One client session after authentication."""
+
+    def __init__(self, *, max_message_size: int, hook: StatementHook | None = None) -> None:
+        self._client = MessageFramer(max_message_size, "client")
+        self._upstream = MessageFramer(max_message_size, "server")
+        self._hook: StatementHook = hook or PassThrough()
+        self._marker = f"tenant_proxy_refused_{secrets.token_hex(8)}_"
+        self._refusals: dict[str, PgError] = {}
+        self._seq = 0
+        #: Transaction status from the last ReadyForQuery: b"I", b"T" or b"E".
+        self.status = b"I"
+        #: Query/Sync/FunctionCall messages forwarded and not yet answered by ReadyForQuery.
+        self.pending = 0
+        self.upstream_fatal = False
+
+    @property
+    def busy(self) -> bool:
+        """True while the upstream owes the client a ReadyForQuery."""
+        return self.pending > 0
+
+    @property
+    def hook(self) -> StatementHook:
+        return self._hook
+
+    @hook.setter
+    def hook(self, hook: StatementHook) -> None:
+        self._hook = hook
+
+    # --- client -> upstream -------------------------------------------------
+
+    def from_client(self, data: bytes) -> Output:
+        self._client.feed(data)
+        out = Output()
+        frames = self._client.take()
+        if frames is None:
+            return out
+        inspects = self._hook.inspects
+        plain_from = end = 0
+        for span in frames.spans:
+            kind, end = span[0], span[2]
+            if kind not in FRONTEND_DECODERS or kind == _PASSWORD:
+                raise ProtocolViolation(f"invalid frontend message type {bytes((kind,))!r}")
+            if kind in (_S, _Q):
+                self.pending += 1
+            replacement = None
+            if kind == _F:
+                self.pending += 1
+                replacement = self._refuse(Unsupported(
+                    "fastpath function calls are not supported by tenant-proxy",
+                    hint="Call the function with a SELECT statement instead."), query=True)
+            elif kind == _X:
+                out.terminate = True
+            elif inspects and (kind in (_Q, _P)):
+                replacement = self._inspect(frames, span)
+            if replacement is not None:
+                if span[1] > plain_from:
+                    out.to_upstream.append(frames.data[plain_from:span[1]])
+                out.to_upstream.append(replacement)
+                plain_from = span[2]
+            if out.terminate:
+                break
+        if end > plain_from:
+            out.to_upstream.append(frames.data[plain_from:end])
+        return out
+
+    def _inspect(self, frames: Frames, span: tuple[int, int, int]) -> bytes | None:
+        body = frames.body(span)
+        if span[0] == _Q:
+            sql = Query.decode(FieldReader(body, "Query")).sql
+            try:
+                new_sql = self._hook.query(sql)
+            except PgError as exc:
+                return self._refuse(exc, query=True)
+            return None if new_sql is None else Query(new_sql).encode()
+        parse = Parse.decode(FieldReader(body, "Parse"))
+        try:
+            new_parse = self._hook.parse(parse)
+        except PgError as exc:
+            return self._refuse(exc, query=False, name=parse.name)
+        return None if new_parse is None else new_parse.encode()
+
+    def _refuse(self, error: PgError, *, query: bool, name: str = "") -> bytes:
+        self._seq += 1
+        marker = f"{self._marker}{self._seq}"
+        self._refusals[marker] = error
+        return Query(marker).encode() if query else Parse(name, marker).encode()
+
+    # --- upstream -> client -------------------------------------------------
+
+    def from_upstream(self, data: bytes) -> Output:
+        self._upstream.feed(data)
+        out = Output()
+        frames = self._upstream.take()
+        if frames is None:
+            return out
+        plain_from = 0
+        for kind, start, end in frames.spans:
+            if kind == _Z:
+                self.pending = max(0, self.pending - 1)
+                self.status = frames.data[end - 1:end]
+                if not self.pending:
+                    # Markers the upstream skipped (after an earlier error) never come back.
+                    self._refusals.clear()
+            elif kind == _E:
+                replacement = self._error(frames.data[start + 5:end])
+                if replacement is not None:
+                    if start > plain_from:
+                        out.to_client.append(frames.data[plain_from:start])
+                    out.to_client.append(replacement)
+                    plain_from = end
+        if plain_from < len(frames.data):
+            out.to_client.append(frames.data[plain_from:])
+        return out
+
+    def _error(self, body: bytes) -> bytes | None:
+        """Swap a refusal marker's syntax error for the refusal; note FATALs."""
+        if self._marker.encode() not in body:
+            fields = ErrorResponse.decode(FieldReader(body, "ErrorResponse")).fields
+            if fields.get("V", fields.get("S")) in ("FATAL", "PANIC"):
+                self.upstream_fatal = True
+            return None
+        message = ErrorResponse.decode(FieldReader(body, "ErrorResponse")).message
+        start = message.find(self._marker)
+        end = start + len(self._marker)
+        while end < len(message) and message[end].isdigit():
+            end += 1
+        error = self._refusals.pop(message[start:end], None)
+        if error is None:
+            return None
+        return ErrorResponse(error.fields()).encode()
+
