@@ -107,13 +107,23 @@ class LocalCluster:
             **self.settings,
         }
         if self.ssl_cert:
-            conf.update({"ssl": "on", "ssl_cert_file": f"'{self.ssl_cert[0]}'",
-                         "ssl_key_file": f"'{self.ssl_cert[1]}'"})
+            conf.update(self._install_ssl_files(*self.ssl_cert))
         with (self.datadir / "postgresql.conf").open("a") as f:
             f.writelines(f"{k} = {v}\n" for k, v in conf.items())
         self._run("pg_ctl", "-D", str(self.datadir), "-l", str(self.logfile), "-w",
                   "-t", "60", "start")
         return self
+
+    def _install_ssl_files(self, cert: str, key: str) -> dict[str, str]:
+        """Copy certificate and key where the server user can read them, key mode 0600."""
+        cert_copy, key_copy = self.base / "server.crt", self.base / "server.key"
+        shutil.copyfile(cert, cert_copy)
+        shutil.copyfile(key, key_copy)
+        key_copy.chmod(0o600)
+        if os.geteuid() == 0:
+            for path in (cert_copy, key_copy):
+                shutil.chown(path, "postgres", "postgres")
+        return {"ssl": "on", "ssl_cert_file": f"'{cert_copy}'", "ssl_key_file": f"'{key_copy}'"}
 
     def psql(self, sql: str, database: str = "postgres") -> str:
         """Run SQL as the superuser over the cluster's Unix socket."""
