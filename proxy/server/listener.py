@@ -53,6 +53,8 @@ class ProxyServer:
         self._tasks.add(task)
         try:
             await Session(self.state, reader, writer).run()
+        except asyncio.CancelledError:
+            pass  # close() ends sessions this way; the task itself ends normally
         except Exception:
             log.exception("session crashed (a proxy bug)")
         finally:
