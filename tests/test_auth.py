@@ -64,9 +64,9 @@ def test_upstream_auth_methods(local_cluster: LocalCluster, db: Database, certs:
                                role: str) -> None:
     method = {"app": "scram-sha-256", "md5user": "md5", "clearuser": "password",
               "trustuser": "trust"}[role]
-    with running_proxy(proxy_settings(db, certs)) as proxy:
-        with psycopg.connect(proxy.dsn(db, role)) as conn:
-            assert conn.execute("SELECT current_user").fetchone() == (role,)
+    with running_proxy(proxy_settings(db, certs)) as proxy, \
+            psycopg.connect(proxy.dsn(db, role)) as conn:
+        assert conn.execute("SELECT current_user").fetchone() == (role,)
     with psycopg.connect(db.dsn(db.superuser, "postgres")) as admin:
         hba = admin.execute("SELECT auth_method FROM pg_hba_file_rules "
                             "WHERE %s = ANY(user_name)", (role,)).fetchall()
@@ -99,6 +99,6 @@ def test_upstream_tls_modes(local_cluster: LocalCluster, db: Database, certs: Ce
 def test_upstream_password_missing_is_explained(db: Database, certs: CertFiles) -> None:
     settings = proxy_settings(db, certs)
     settings = replace(settings, upstream=replace(settings.upstream, passwords={}))
-    with running_proxy(settings) as proxy:
-        with pytest.raises(psycopg.OperationalError, match="none is configured"):
-            psycopg.connect(proxy.dsn(db))
+    with running_proxy(settings) as proxy, \
+            pytest.raises(psycopg.OperationalError, match="none is configured"):
+        psycopg.connect(proxy.dsn(db))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import struct
 
 import pytest
@@ -149,10 +150,8 @@ def test_arbitrary_bytes_only_raise_protocol_violation(data: bytes) -> None:
 @given(st.integers(0, 255), st.binary(max_size=64))
 def test_any_typed_body_only_raises_protocol_violation(kind: int, body: bytes) -> None:
     for decode in (fe.decode_frontend, be.decode_backend):
-        try:
+        with contextlib.suppress(ProtocolViolation):
             decode(kind, body)
-        except ProtocolViolation:
-            pass
 
 
 @pytest.mark.parametrize("length", [-1, 0, 3, -(2**31)])
@@ -178,7 +177,7 @@ def test_startup_limits() -> None:
     many = fe.StartupMessage({f"k{i}": "v" for i in range(10)}).encode()[4:]
     with pytest.raises(ProtocolViolation, match="more than 5 parameters"):
         fe.decode_startup(many, max_parameters=5)
-    with pytest.raises(ProtocolViolation, match="unsupported frontend protocol 2.0"):
+    with pytest.raises(ProtocolViolation, match=r"unsupported frontend protocol 2\.0"):
         fe.decode_startup(struct.pack("!i", 2 << 16) + b"\0", max_parameters=5)
 
 

@@ -45,7 +45,7 @@ def test_startup_sends_proxy_backend_key_and_parameters(proxy: RunningProxy) -> 
     assert "server_version" in names and names["client_encoding"] == "UTF8"
     (key,) = [m for m in seen if isinstance(m, be.BackendKeyData)]
     pid = client.query("SELECT pg_backend_pid()")
-    real_pid = int([m for m in pid if isinstance(m, be.DataRow)][0].values[0])
+    real_pid = int(next(m for m in pid if isinstance(m, be.DataRow)).values[0])
     assert key.process_id != real_pid  # the client never sees the upstream's key
     client.close()
 

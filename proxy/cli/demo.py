@@ -62,7 +62,7 @@ async def _serve(cluster: LocalCluster, port: int, interactive: bool) -> None:
 def run_demo(port: int = 6432, interactive: bool = True) -> int:
     cluster = LocalCluster()
     try:
-        print("Starting a throwaway PostgreSQL cluster ...")
+        print(f"Starting a throwaway PostgreSQL cluster in {cluster.base} ...")
         cluster.start()
         cluster.psql("CREATE DATABASE demo")
         cluster.psql((RULES_DIR / "demo-schema.sql").read_text(), database="demo")

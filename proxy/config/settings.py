@@ -31,7 +31,6 @@ class Limits:
     login_timeout: float = 15.0
     upstream_connect_timeout: float = 10.0
     max_client_connections: int = 10_000
-    cancel_grace: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -122,7 +121,8 @@ class _Reader:
                                      f"{', '.join(sorted(allowed))})")
         return node
 
-    def value(self, path: tuple[str, ...], section: dict[str, Any], kind: type, default: Any) -> Any:
+    def value(self, path: tuple[str, ...], section: dict[str, Any], kind: type,
+              default: Any) -> Any:
         raw = section.get(path[-1], default)
         if raw is default:
             return default

@@ -68,7 +68,8 @@ class MessageFramer:
             if length - 4 > self._max:
                 raise ProtocolViolation(
                     f"message of {length - 4} bytes from {self._peer} exceeds the limit of "
-                    f"{self._max} bytes", hint="Raise limits.max_message_size if this is legitimate.")
+                    f"{self._max} bytes",
+                    hint="Raise limits.max_message_size if this is legitimate.")
             end = pos + 1 + length
             if end > n:
                 break

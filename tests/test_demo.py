@@ -1,0 +1,22 @@
+"""The README's first command: `tenant-proxy demo`."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+
+def test_demo_runs_and_cleans_up() -> None:
+    exe = shutil.which("tenant-proxy")
+    assert exe, "the tenant-proxy console script is not installed (pip install -e '.[dev]')"
+    proc = subprocess.run([exe, "demo", "--no-wait", "--port", "0"], capture_output=True,
+                          text=True, timeout=180, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    dsn = re.search(r"tenant-proxy:\s+(postgresql://\S+)", proc.stdout)
+    assert dsn and "app:app-password@127.0.0.1:" in dsn.group(1)
+    assert re.search(r"tenant Acme\s+customers: 2", proc.stdout)
+    assert "Stopped PostgreSQL and removed its data directory." in proc.stdout
+    base = re.search(r"throwaway PostgreSQL cluster in (\S+) \.\.\.", proc.stdout)
+    assert base and not Path(base.group(1)).exists()
