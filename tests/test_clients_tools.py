@@ -116,3 +116,18 @@ def test_node_postgres(proxy: RunningProxy, db: Database, certs: CertFiles) -> N
     assert report["cancelMillis"] < 1300
     assert report["tls"] is True
     assert report["wrongPassword"] == "28P01"
+
+
+def test_psql_cancel_with_ctrl_c(proxy: RunningProxy, db: Database) -> None:
+    import signal
+    import time
+
+    psql = _tool("psql", "apt-get install postgresql-client")
+    proc = subprocess.Popen([psql, "-X", "-c", "SELECT pg_sleep(30)", proxy.dsn(db)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(0.8)
+    start = time.monotonic()
+    proc.send_signal(signal.SIGINT)  # psql sends a CancelRequest
+    _, err = proc.communicate(timeout=10)
+    assert time.monotonic() - start < 1.0
+    assert "canceling statement due to user request" in err

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import re
 import shutil
+import signal
 import subprocess
+import time
 from pathlib import Path
 
 
@@ -19,4 +21,25 @@ def test_demo_runs_and_cleans_up() -> None:
     assert re.search(r"tenant Acme\s+customers: 2", proc.stdout)
     assert "Stopped PostgreSQL and removed its data directory." in proc.stdout
     base = re.search(r"throwaway PostgreSQL cluster in (\S+) \.\.\.", proc.stdout)
+    assert base and not Path(base.group(1)).exists()
+
+
+def test_demo_stops_cleanly_on_ctrl_c() -> None:
+    exe = shutil.which("tenant-proxy")
+    assert exe
+    proc = subprocess.Popen([exe, "demo", "--port", "0"], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    lines = []
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        lines.append(line)
+        if "Press Ctrl-C" in line or not line:
+            break
+    assert any("Press Ctrl-C" in line for line in lines), lines
+    proc.send_signal(signal.SIGINT)
+    rest, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0
+    assert "Stopped PostgreSQL and removed its data directory." in rest
+    base = re.search(r"throwaway PostgreSQL cluster in (\S+) \.\.\.", "".join(lines))
     assert base and not Path(base.group(1)).exists()

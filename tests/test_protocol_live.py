@@ -299,3 +299,16 @@ def test_client_connection_limit(db: Database, certs: CertFiles) -> None:
         assert "too many clients" in _closed_with(extra, "53300").message
         for c in held:
             c.close()
+
+
+def test_terminate_closes_quietly(proxy: RunningProxy) -> None:
+    """After Terminate the upstream closes too; the client must not get an error
+    for that, however the two closes race (node-postgres raises on one)."""
+    for _ in range(40):
+        client = _login(proxy)
+        client.send(fe.Terminate())
+        leftovers = []
+        while (msg := client.recv()) is not None:
+            leftovers.append(msg)
+        assert leftovers == []
+        client.close()

@@ -126,6 +126,7 @@ def test_terminate_stops_reading() -> None:
     relay = Relay(max_message_size=1 << 20)
     out = relay.from_client(fe.Terminate().encode() + fe.Query("SELECT 1").encode())
     assert out.terminate and out.to_upstream == [fe.Terminate().encode()]
+    assert relay.terminating  # the upstream closing next is expected, not a failure
 
 
 def test_fatal_upstream_error_is_noted() -> None:

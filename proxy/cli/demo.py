@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import sys
 from pathlib import Path
 
 import asyncpg
@@ -49,17 +50,18 @@ async def _serve(cluster: LocalCluster, port: int, interactive: bool) -> None:
     try:
         await _show(dsn)
         if interactive:
-            print("Press Ctrl-C to stop.")
             stop = asyncio.Event()
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, stop.set)
+            print("Press Ctrl-C to stop.", flush=True)
             await stop.wait()
     finally:
         await server.close()
 
 
 def run_demo(port: int = 6432, interactive: bool = True) -> int:
+    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
     cluster = LocalCluster()
     try:
         print(f"Starting a throwaway PostgreSQL cluster in {cluster.base} ...")

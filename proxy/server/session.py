@@ -267,7 +267,7 @@ class Session:
             except (ConnectionError, OSError):
                 data = b""
             if not data:
-                if not relay.upstream_fatal:
+                if not (relay.upstream_fatal or relay.terminating):
                     raise ConnectionFailure("server closed the connection unexpectedly",
                                             hint="The upstream server terminated abnormally "
                                                  "or the network failed.")

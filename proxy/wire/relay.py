@@ -53,6 +53,8 @@ class Relay:
         #: Query/Sync/FunctionCall messages forwarded and not yet answered by ReadyForQuery.
         self.pending = 0
         self.upstream_fatal = False
+        #: The client sent Terminate: the upstream closing is expected, not a failure.
+        self.terminating = False
 
     @property
     def busy(self) -> bool:
@@ -90,7 +92,7 @@ class Relay:
                     "fastpath function calls are not supported by tenant-proxy",
                     hint="Call the function with a SELECT statement instead."), query=True)
             elif kind == _X:
-                out.terminate = True
+                out.terminate = self.terminating = True
             elif inspects and (kind in (_Q, _P)):
                 replacement = self._inspect(frames, span)
             if replacement is not None:
