@@ -13,6 +13,7 @@ import pytest
 
 from proxy.config.settings import Limits
 from proxy.errors import Refused
+from proxy.sql.hooks import PassThrough
 from proxy.wire import backend as be
 from proxy.wire import frontend as fe
 from tests.certs import CertFiles
@@ -168,7 +169,7 @@ def test_client_certificate_verification(db: Database, certs: CertFiles) -> None
 def test_refusal_behaves_like_a_server_error(db: Database, certs: CertFiles) -> None:
     """A refused statement aborts the transaction exactly as a server error would."""
 
-    class NoDrop:
+    class NoDrop(PassThrough):
         inspects = True
 
         def query(self, sql: str) -> str | None:
@@ -181,7 +182,7 @@ def test_refusal_behaves_like_a_server_error(db: Database, certs: CertFiles) -> 
             return None
 
     with running_proxy(proxy_settings(db, certs)) as proxy:
-        proxy.server.state.hook = NoDrop()
+        proxy.server.state.hook_factory = lambda role, params: (NoDrop(), params)
         with psycopg.connect(proxy.dsn(db)) as conn:
             conn.execute("CREATE TEMP TABLE keep (x int)")
             conn.commit()

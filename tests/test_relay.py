@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from proxy.errors import ProtocolViolation, Refused
+from proxy.sql.hooks import PassThrough
 from proxy.wire import backend as be
 from proxy.wire import frontend as fe
 from proxy.wire.fields import FieldReader
@@ -12,7 +13,7 @@ from proxy.wire.framing import MessageFramer
 from proxy.wire.relay import Relay
 
 
-class RefuseDrop:
+class RefuseDrop(PassThrough):
     """Refuses any statement mentioning DROP; rewrites 'ping' to 'pong'."""
 
     inspects = True

@@ -13,6 +13,7 @@ from proxy.auth.scram import make_verifier
 from proxy.config.settings import Settings, load_settings
 from proxy.config.yamlsource import ConfigError
 from proxy.observability.logs import configure_logging
+from proxy.policy.rules import load_rules
 from proxy.server.listener import ProxyServer
 
 
@@ -31,6 +32,8 @@ async def serve(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    if server.watcher is not None:
+        loop.add_signal_handler(signal.SIGHUP, server.watcher.reload)
     print(f"tenant-proxy listening on {settings.listen_host}:{server.port}", flush=True)
     await stop.wait()
     await server.close()
@@ -44,6 +47,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"tenant-proxy: {exc}", file=sys.stderr)
         return 2
     configure_logging(args.log_level, args.log_format)
+    if settings.rules:
+        try:
+            load_rules(settings.rules)
+        except ConfigError as exc:
+            print(f"tenant-proxy: {exc}", file=sys.stderr)
+            return 2
     _install_uvloop()
     asyncio.run(serve(settings))
     return 0

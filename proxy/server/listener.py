@@ -8,19 +8,30 @@ import logging
 
 from proxy.config.settings import Settings
 from proxy.errors import TooManyConnections
+from proxy.policy.rules import load_rules
 from proxy.server.cancel import CancelRegistry
+from proxy.server.reload import RulesWatcher
 from proxy.server.session import ServerState, Session
 from proxy.server.tls import client_side_context
-from proxy.sql.hooks import PassThrough, StatementHook
+from proxy.sql.pipeline import Engine, open_session
 from proxy.wire import backend as be
 
 log = logging.getLogger("tenant_proxy.server")
 
 
 class ProxyServer:
-    def __init__(self, settings: Settings, hook: StatementHook | None = None) -> None:
-        self.state = ServerState(settings, CancelRegistry(), client_side_context(settings.tls),
-                                 hook or PassThrough())
+    """Listener plus shared state. With ``settings.rules`` set, every login goes
+    through the isolation engine; without it statements pass through."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.state = ServerState(settings, CancelRegistry(), client_side_context(settings.tls))
+        self.engine: Engine | None = None
+        self.watcher: RulesWatcher | None = None
+        if settings.rules:
+            self.engine = Engine(load_rules(settings.rules))
+            self.watcher = RulesWatcher(settings.rules, self.engine)
+            engine = self.engine
+            self.state.hook_factory = lambda role, params: open_session(engine, role, params)
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -39,6 +50,8 @@ class ProxyServer:
                                                   reuse_address=True, backlog=1024)
         log.info("listening on %s:%d, upstream %s:%d", s.listen_host, self.port,
                  s.upstream.host, s.upstream.port)
+        if self.watcher is not None:
+            self.watcher.start()
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if len(self._tasks) >= self.state.settings.limits.max_client_connections:
@@ -63,6 +76,8 @@ class ProxyServer:
     async def close(self) -> None:
         """Stop listening and end every session."""
         self.state.draining = True
+        if self.watcher is not None:
+            await self.watcher.stop()
         if self._server is not None:
             self._server.close()
         for task in list(self._tasks):

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from proxy.auth.scram import MECHANISM, ScramServer
@@ -20,7 +21,7 @@ from proxy.errors import (
 from proxy.server.cancel import CancelKey, CancelRegistry
 from proxy.server.streams import READ_SIZE, MessageStream, unread_bytes
 from proxy.server.upstream import UpstreamConnection, cancel_upstream, open_upstream
-from proxy.sql.hooks import StatementHook
+from proxy.sql.hooks import PassThrough, StatementHook
 from proxy.wire import backend as be
 from proxy.wire.fields import FieldReader
 from proxy.wire.framing import MessageFramer, StartupFramer
@@ -41,14 +42,22 @@ log = logging.getLogger("tenant_proxy.session")
 _NOT_FORWARDED = {"user", "database", "replication"}
 
 
+HookFactory = Callable[[str, dict[str, str]], tuple[StatementHook, dict[str, str]]]
+
+
+def pass_through(role: str, params: dict[str, str]) -> tuple[StatementHook, dict[str, str]]:
+    return PassThrough(), params
+
+
 @dataclass
 class ServerState:
-    """What sessions share: settings, the cancel registry and the statement hook."""
+    """What sessions share: settings, the cancel registry, and the factory that
+    gives each login its statement hook and upstream startup parameters."""
 
     settings: Settings
     cancels: CancelRegistry
     client_tls: ssl.SSLContext | None
-    hook: StatementHook
+    hook_factory: HookFactory = pass_through
     draining: bool = False
 
 
@@ -64,6 +73,7 @@ class Session:
         self.upstream: UpstreamConnection | None = None
         self.cancel_key: CancelKey | None = None
         self.relay: Relay | None = None
+        self.hook: StatementHook = PassThrough()
         self.upstream_dead = False
         peer = writer.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
@@ -161,8 +171,9 @@ class Session:
         stream = MessageStream(self.reader, MessageFramer(self.limits.max_message_size,
                                                           "client"))
         await self._authenticate(stream)
-        upstream_params = {k: v for k, v in params.items()
-                           if k not in _NOT_FORWARDED and not k.startswith("_pq_.")}
+        self.hook, upstream_params = self.state.hook_factory(self.user, {
+            k: v for k, v in params.items()
+            if k not in _NOT_FORWARDED and not k.startswith("_pq_.")})
         up = settings.upstream
         upstream_params["user"] = up.user or self.user
         upstream_params["database"] = up.database or params.get("database") or self.user
@@ -215,7 +226,7 @@ class Session:
     async def _relay(self, leftover: bytes) -> None:
         assert self.upstream is not None
         relay = self.relay = Relay(max_message_size=self.limits.max_message_size,
-                                   hook=self.state.hook)
+                                   hook=self.hook)
         relay.status = self.upstream.status
         client_task = asyncio.create_task(self._pump_client(relay, leftover))
         upstream_task = asyncio.create_task(self._pump_upstream(relay, self.upstream.leftover))

@@ -1,8 +1,10 @@
 """The seam between the wire relay and the SQL pipeline.
 
-The relay hands each Query text and each Parse to a ``StatementHook``; the
-hook returns the text to forward (``None`` for unchanged) or raises a
-``PgError`` to refuse it. Keeping this an interface lets the relay stay
+The relay hands each Query text and Parse to a ``StatementHook``; the hook
+returns what to forward (``None`` for unchanged) or raises a ``PgError`` to
+refuse it. Bind, Execute and Close bodies, ReadyForQuery and notifications
+are reported too, so a hook can keep prepared statements and portals from
+crossing a tenant switch. Keeping this an interface lets the relay stay
 ignorant of rules, rewriting and encryption.
 """
 
@@ -14,8 +16,11 @@ from proxy.wire.frontend import Parse
 
 
 class StatementHook(Protocol):
-    #: False lets the relay forward statements without decoding them at all.
+    #: False lets the relay forward everything without decoding it at all.
     inspects: bool
+    #: Set by the relay before ``query``/``parse``: the sequence number of the
+    #: ReadyForQuery that will answer the message.
+    rfq_due: int
 
     def query(self, sql: str) -> str | None:
         """A simple-protocol Query (possibly several statements)."""
@@ -23,14 +28,45 @@ class StatementHook(Protocol):
     def parse(self, message: Parse) -> Parse | None:
         """An extended-protocol Parse."""
 
+    def bind(self, body: bytes) -> None:
+        """A Bind message body; raise to refuse it."""
+
+    def execute(self, body: bytes) -> None:
+        """An Execute message body; raise to refuse it."""
+
+    def close(self, body: bytes) -> None:
+        """A Close message body."""
+
+    def ready(self, status: bytes, number: int) -> None:
+        """The upstream's ReadyForQuery number ``number`` with its status."""
+
+    def notification_allowed(self, channel: str) -> bool:
+        """Whether a NotificationResponse on ``channel`` may reach the client."""
+
 
 class PassThrough:
-    """Forwards every statement unchanged (no rules loaded)."""
+    """Forwards every statement unchanged (no rules, or a bypass role)."""
 
     inspects = False
+    rfq_due = 0
 
     def query(self, sql: str) -> str | None:
         return None
 
     def parse(self, message: Parse) -> Parse | None:
         return None
+
+    def bind(self, body: bytes) -> None:
+        return None
+
+    def execute(self, body: bytes) -> None:
+        return None
+
+    def close(self, body: bytes) -> None:
+        return None
+
+    def ready(self, status: bytes, number: int) -> None:
+        return None
+
+    def notification_allowed(self, channel: str) -> bool:
+        return True

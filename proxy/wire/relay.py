@@ -21,13 +21,14 @@ from dataclasses import dataclass, field
 
 from proxy.errors import PgError, ProtocolViolation, Unsupported
 from proxy.sql.hooks import PassThrough, StatementHook
-from proxy.wire.backend import ErrorResponse
+from proxy.wire.backend import ErrorResponse, NotificationResponse
 from proxy.wire.fields import FieldReader
 from proxy.wire.framing import Frames, MessageFramer
-from proxy.wire.frontend import FRONTEND_DECODERS, Parse, Query
+from proxy.wire.frontend import FRONTEND_DECODERS, Bind, Execute, Parse, Query
 
 _Q, _P, _F, _S, _X, _PASSWORD = b"Q"[0], b"P"[0], b"F"[0], b"S"[0], b"X"[0], b"p"[0]
-_Z, _E = b"Z"[0], b"E"[0]
+_B, _EXECUTE, _CLOSE = b"B"[0], b"E"[0], b"C"[0]
+_Z, _ERROR, _NOTIFICATION = b"Z"[0], b"E"[0], b"A"[0]
 
 
 @dataclass(slots=True)
@@ -52,6 +53,9 @@ class Relay:
         self.status = b"I"
         #: Query/Sync/FunctionCall messages forwarded and not yet answered by ReadyForQuery.
         self.pending = 0
+        #: Running totals of those messages and of ReadyForQuery messages received.
+        self.sent = 0
+        self.received = 0
         self.upstream_fatal = False
         #: The client sent Terminate: the upstream closing is expected, not a failure.
         self.terminating = False
@@ -90,7 +94,7 @@ class Relay:
                 self.pending += 1
                 replacement = self._refuse(Unsupported(
                     "fastpath function calls are not supported by tenant-proxy",
-                    hint="Call the function with a SELECT statement instead."), query=True)
+                    hint="Call the function with a SELECT statement instead."), Query)
             elif kind == _X:
                 out.terminate = self.terminating = True
             elif inspects and (kind in (_Q, _P)):
@@ -107,26 +111,54 @@ class Relay:
         return out
 
     def _inspect(self, frames: Frames, span: tuple[int, int, int]) -> bytes | None:
-        body = frames.body(span)
-        if span[0] == _Q:
+        kind, body = span[0], frames.body(span)
+        hook = self._hook
+        if kind == _Q:
             sql = Query.decode(FieldReader(body, "Query")).sql
+            hook.rfq_due = self.sent
             try:
-                new_sql = self._hook.query(sql)
+                new_sql = hook.query(sql)
             except PgError as exc:
-                return self._refuse(exc, query=True)
+                return self._refuse(exc, Query)
             return None if new_sql is None else Query(new_sql).encode()
-        parse = Parse.decode(FieldReader(body, "Parse"))
+        if kind == _P:
+            parse = Parse.decode(FieldReader(body, "Parse"))
+            hook.rfq_due = self.sent + 1
+            try:
+                new_parse = hook.parse(parse)
+            except PgError as exc:
+                return self._refuse(exc, Parse, parse.name)
+            return None if new_parse is None else new_parse.encode()
         try:
-            new_parse = self._hook.parse(parse)
+            if kind == _B:
+                hook.bind(body)
+            elif kind == _EXECUTE:
+                hook.execute(body)
+            else:
+                hook.close(body)
         except PgError as exc:
-            return self._refuse(exc, query=False, name=parse.name)
-        return None if new_parse is None else new_parse.encode()
+            return self._refuse(exc, Bind if kind == _B else Execute)
+        except ValueError as exc:
+            raise ProtocolViolation(f"invalid {bytes((kind,))!r} message") from exc
+        return None
 
-    def _refuse(self, error: PgError, *, query: bool, name: str = "") -> bytes:
+    def _refuse(self, error: PgError, carrier: type, name: str = "") -> bytes:
+        """A message that makes the upstream fail right here, naming a marker.
+
+        Query and Parse carry the marker as a statement (a syntax error); Bind
+        names it as a prepared statement and Execute as a portal that do not
+        exist, so the server's error message contains it either way.
+        """
         self._seq += 1
         marker = f"{self._marker}{self._seq}"
         self._refusals[marker] = error
-        return Query(marker).encode() if query else Parse(name, marker).encode()
+        if carrier is Query:
+            return Query(marker).encode()
+        if carrier is Parse:
+            return Parse(name, marker).encode()
+        if carrier is Bind:
+            return Bind("", marker).encode()
+        return Execute(marker, 0).encode()
 
     # --- upstream -> client -------------------------------------------------
 
@@ -138,19 +170,29 @@ class Relay:
             return out
         plain_from = 0
         for kind, start, end in frames.spans:
+            replacement: bytes | None = None
             if kind == _Z:
                 self.pending = max(0, self.pending - 1)
+                self.received += 1
                 self.status = frames.data[end - 1:end]
+                self._hook.ready(self.status, self.received)
                 if not self.pending:
                     # Markers the upstream skipped (after an earlier error) never come back.
                     self._refusals.clear()
-            elif kind == _E:
+                continue
+            if kind == _ERROR:
                 replacement = self._error(frames.data[start + 5:end])
-                if replacement is not None:
-                    if start > plain_from:
-                        out.to_client.append(frames.data[plain_from:start])
+            elif kind == _NOTIFICATION and self._hook.inspects:
+                note = NotificationResponse.decode(FieldReader(frames.data[start + 5:end],
+                                                               "NotificationResponse"))
+                if not self._hook.notification_allowed(note.channel):
+                    replacement = b""
+            if replacement is not None:
+                if start > plain_from:
+                    out.to_client.append(frames.data[plain_from:start])
+                if replacement:
                     out.to_client.append(replacement)
-                    plain_from = end
+                plain_from = end
         if plain_from < len(frames.data):
             out.to_client.append(frames.data[plain_from:])
         return out

@@ -1,0 +1,1 @@
+"""Tenant policy: rules files, tenant identity and tokens."""

@@ -1,0 +1,265 @@
+"""From statement text to a Plan: split and classify with PostgreSQL's grammar,
+police utility statements, scope data statements with sqlglot, cross-check.
+
+Pure: text and rules in, a Plan out (or a PgError inside the plan). Nothing
+here knows about sessions or tenants; ``pipeline`` applies plans.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import pglast
+import pglast.stream
+import sqlglot
+from pglast import ast, enums
+from sqlglot import exp
+from sqlglot.errors import SqlglotError
+
+from proxy.errors import PgError, Refused, Unsupported
+from proxy.policy.rules import Rules
+from proxy.sql.builtins import SAFE_SETTINGS
+from proxy.sql.plan import IdentityAction, Plan
+from proxy.sql.rewrite import TENANT_SENTINEL, scope_statement
+from proxy.sql.statements import (
+    DATA_STATEMENTS,
+    Statement,
+    SyntaxErr,
+    check_functions,
+    range_vars,
+    split,
+)
+
+log = logging.getLogger("tenant_proxy.sql")
+
+TENANT_SETTING = "tenant_proxy.tenant"
+
+_SQLGLOT_KINDS: dict[str, tuple[type[exp.Expression], ...]] = {
+    "SelectStmt": (exp.Select, exp.SetOperation, exp.Subquery, exp.Values),
+    "InsertStmt": (exp.Insert,),
+    "UpdateStmt": (exp.Update,),
+    "DeleteStmt": (exp.Delete,),
+}
+
+_SETTING_REASONS = {
+    "search_path": "it changes how names resolve",
+    "role": "it changes privileges",
+    "session_authorization": "it changes privileges",
+    "standard_conforming_strings": "it changes how the server reads strings, so the proxy's "
+                                   "parser would disagree with it",
+    "client_encoding": "the proxy reads statements as UTF-8",
+}
+
+_CURSOR_HINT = "Use your driver's prepared statements (the extended protocol) instead."
+
+
+class _Data:
+    """The outcome for one data statement."""
+
+    def __init__(self, text: str, changed: bool, needs_tenant: bool,
+                 params: set[int], literals: list[str], relations: list[str]) -> None:
+        self.text, self.changed, self.needs_tenant = text, changed, needs_tenant
+        self.params, self.literals, self.relations = params, literals, relations
+
+
+def plan_data(stmt: Statement, rules: Rules) -> _Data:
+    if TENANT_SENTINEL in stmt.text:
+        raise Refused(f"statements may not contain the reserved word {TENANT_SENTINEL}")
+    if isinstance(stmt.node, ast.SelectStmt) and stmt.node.intoClause is not None:
+        raise Refused("SELECT INTO creates a table; DDL is not allowed",
+                      hint="Use INSERT INTO ... SELECT into an existing table.")
+    check_functions(stmt.node, rules)
+    try:
+        trees = sqlglot.parse(stmt.text, read="postgres")
+    except SqlglotError as exc:
+        raise Unsupported("tenant-proxy cannot analyze this statement",
+                          detail=str(exc).splitlines()[0][:200],
+                          hint="Statements the proxy cannot prove safe are refused.") from exc
+    if len(trees) != 1 or trees[0] is None or not isinstance(trees[0],
+                                                             _SQLGLOT_KINDS[stmt.kind]):
+        raise Unsupported("tenant-proxy cannot analyze this statement",
+                          detail=f"its parsers disagree on what it is ({stmt.kind})")
+    tree = trees[0]
+    result = scope_statement(tree, rules)
+    if result.references != range_vars(stmt.node):
+        raise Unsupported("tenant-proxy cannot analyze this statement",
+                          detail="its parsers disagree on the relations it references")
+    changed = result.needs_tenant
+    text = tree.sql(dialect="postgres") if changed else stmt.text
+    if changed:
+        try:
+            pglast.parse_sql(text.replace(TENANT_SENTINEL, "0"))
+        except pglast.parser.ParseError as exc:
+            raise Unsupported("tenant-proxy cannot rewrite this statement",
+                              detail=str(exc)) from exc
+    return _Data(text, changed, result.needs_tenant, result.tenant_params,
+                 result.tenant_literals, result.relations)
+
+
+def _setting_plan(node: ast.VariableSetStmt, rules: Rules) -> IdentityAction | None:
+    kind = node.kind
+    name = (node.name or "").lower()
+    if kind == enums.VariableSetKind.VAR_RESET_ALL:
+        if not rules.reset_all:
+            raise Refused("RESET ALL is not allowed",
+                          hint="Set session.reset_all: allow in the rules file to let it "
+                               "reset the tenant too.")
+        return IdentityAction("reset-all")
+    if name == TENANT_SETTING:
+        if kind == enums.VariableSetKind.VAR_SET_VALUE:
+            args = node.args or ()
+            if len(args) != 1 or not isinstance(args[0], ast.A_Const) or not isinstance(
+                    args[0].val, ast.String):
+                raise Refused(f"{TENANT_SETTING} must be set to a single quoted string")
+            return IdentityAction("set", args[0].val.sval, bool(node.is_local))
+        if kind in (enums.VariableSetKind.VAR_SET_DEFAULT, enums.VariableSetKind.VAR_RESET):
+            return IdentityAction("reset", None, bool(node.is_local))
+        raise Refused(f"this form of SET {TENANT_SETTING} is not supported")
+    if name.startswith("tenant_proxy."):
+        raise Refused(f'unknown tenant-proxy setting "{name}"')
+    if kind == enums.VariableSetKind.VAR_SET_MULTI or name in SAFE_SETTINGS:
+        return None
+    reason = _SETTING_REASONS.get(name, "it is not in the proxy's list of safe settings")
+    raise Refused(f'setting "{name}" is not allowed: {reason}')
+
+
+def _utility(stmt: Statement, rules: Rules) -> tuple[IdentityAction | None, list[str]]:
+    """Allow-listed non-data statements; returns an identity action and channels."""
+    node = stmt.node
+    if isinstance(node, ast.TransactionStmt):
+        if node.kind in (enums.TransactionStmtKind.TRANS_STMT_PREPARE,
+                         enums.TransactionStmtKind.TRANS_STMT_COMMIT_PREPARED,
+                         enums.TransactionStmtKind.TRANS_STMT_ROLLBACK_PREPARED):
+            raise Refused("two-phase commit is not allowed")
+        return None, []
+    if isinstance(node, ast.VariableSetStmt):
+        return _setting_plan(node, rules), []
+    if isinstance(node, ast.VariableShowStmt):
+        return (IdentityAction("show") if node.name == TENANT_SETTING else None), []
+    if isinstance(node, (ast.ListenStmt, ast.NotifyStmt)):
+        return None, [node.conditionname]
+    if isinstance(node, (ast.UnlistenStmt, ast.DeallocateStmt, ast.ClosePortalStmt)):
+        return None, []
+    if isinstance(node, ast.DiscardStmt):
+        if node.target == enums.DiscardMode.DISCARD_ALL:
+            if not rules.reset_all:
+                raise Refused("DISCARD ALL is not allowed",
+                              hint="Set session.reset_all: allow in the rules file to let it "
+                                   "reset the tenant too.")
+            return IdentityAction("reset-all"), []
+        return None, []
+    if isinstance(node, (ast.PrepareStmt, ast.ExecuteStmt, ast.DeclareCursorStmt,
+                         ast.FetchStmt)):
+        raise Unsupported(f"SQL-level {stmt.kind.removesuffix('Stmt').upper()} is not "
+                          "supported by tenant-proxy", hint=_CURSOR_HINT)
+    if isinstance(node, ast.ExplainStmt):
+        raise Unsupported("EXPLAIN is not supported through tenant-proxy",
+                          hint="Run EXPLAIN with a migration (bypass) role.")
+    if isinstance(node, ast.MergeStmt):
+        raise Unsupported("MERGE is not supported by tenant-proxy",
+                          hint="Use INSERT ... ON CONFLICT, UPDATE or DELETE.")
+    if isinstance(node, ast.DoStmt):
+        raise Refused("DO blocks are not allowed")
+    what = stmt.kind.removesuffix("Stmt")
+    raise Refused(f"{what} statements are not allowed for tenant roles",
+                  hint="DDL and administration belong to a bypass (migration) role.")
+
+
+def _copy(stmt: Statement, rules: Rules) -> _Data:
+    node = stmt.node
+    assert isinstance(node, ast.CopyStmt)
+    if node.is_program or node.filename is not None:
+        raise Refused("COPY to or from server files or programs is not allowed",
+                      hint="Use COPY ... TO STDOUT / FROM STDIN.")
+    if node.is_from:
+        raise Unsupported("COPY FROM is not supported through tenant-proxy yet",
+                          hint="Use INSERT statements.")
+    if node.relation is not None:
+        rel = node.relation
+        name = f'"{rel.schemaname}".' if rel.schemaname else ""
+        cols = ", ".join(f'"{c.sval}"' for c in node.attlist or ()) or "*"
+        query_text = f'SELECT {cols} FROM {"ONLY " if not rel.inh else ""}{name}"{rel.relname}"'
+    else:
+        query_text = pglast.stream.RawStream()(node.query)
+    (inner,) = split(query_text)
+    data = plan_data(inner, rules)
+    options = _copy_options(node.options or ())
+    return _Data(f"COPY ({data.text}) TO STDOUT{options}", True, data.needs_tenant,
+                 data.params, data.literals, data.relations)
+
+
+def _copy_options(options: tuple[ast.DefElem, ...]) -> str:
+    rendered = []
+    for opt in options:
+        arg = opt.arg
+        if arg is None:
+            rendered.append(opt.defname)
+        elif isinstance(arg, ast.String):
+            rendered.append(f"{opt.defname} '{arg.sval.replace(chr(39), chr(39) * 2)}'")
+        elif isinstance(arg, ast.Integer):
+            rendered.append(f"{opt.defname} {arg.ival}")
+        elif isinstance(arg, ast.Boolean):
+            rendered.append(f"{opt.defname} {'true' if arg.boolval else 'false'}")
+        elif isinstance(arg, ast.A_Star):
+            rendered.append(f"{opt.defname} *")
+        elif isinstance(arg, tuple):
+            rendered.append(f"{opt.defname} (" + ", ".join(f'"{a.sval}"' for a in arg) + ")")
+        else:
+            raise Unsupported(f"COPY option {opt.defname} is not supported")
+    return f" WITH ({', '.join(rendered)})" if rendered else ""
+
+
+def plan_statement(sql: str, rules: Rules, *, extended: bool = False) -> Plan:
+    """The plan for a whole Query (or Parse) text. Refusals come back inside it."""
+    try:
+        return _plan(sql, rules, extended)
+    except PgError as exc:
+        return Plan(error=exc)
+    except Exception:  # a bug here must refuse, never forward (I3)
+        log.exception("planning failed (a tenant-proxy bug); refusing the statement")
+        return Plan(error=Unsupported("tenant-proxy failed to analyze this statement",
+                                      hint="This is a tenant-proxy bug; please report it."))
+
+
+def _plan(sql: str, rules: Rules, extended: bool) -> Plan:
+    statements = split(sql)
+    if not statements:
+        return Plan()
+    kinds = tuple(s.kind for s in statements)
+    if len(statements) > 1:
+        if extended:
+            raise SyntaxErr("cannot insert multiple commands into a prepared statement")
+        if not rules.multi_statement:
+            raise Refused("several statements in one query are not allowed",
+                          hint="Send them one at a time, or set session.multi_statement: "
+                               "allow in the rules file.")
+    texts: list[str] = []
+    changed = needs_tenant = False
+    params: set[int] = set()
+    literals: list[str] = []
+    channels: list[str] = []
+    relations: list[str] = []
+    for stmt in statements:
+        if stmt.kind in DATA_STATEMENTS or stmt.kind == "CopyStmt":
+            data = plan_data(stmt, rules) if stmt.kind != "CopyStmt" else _copy(stmt, rules)
+            texts.append(data.text)
+            changed |= data.changed
+            needs_tenant |= data.needs_tenant
+            params |= data.params
+            literals += data.literals
+            relations += data.relations
+            continue
+        identity, found = _utility(stmt, rules)
+        if identity is not None:
+            if len(statements) > 1:
+                raise Refused(f"{TENANT_SETTING} statements must be sent on their own")
+            return Plan(identity=identity, kinds=kinds)
+        channels += found
+        texts.append(stmt.text)
+    parts = tuple("; ".join(texts).split(TENANT_SENTINEL)) if changed else None
+    return Plan(parts=parts, needs_tenant=needs_tenant, tenant_params=frozenset(params),
+                tenant_literals=tuple(literals), channels=tuple(channels), kinds=kinds,
+                relations=tuple(relations))
+
+
+__all__ = ["TENANT_SETTING", "plan_statement"]

@@ -1,0 +1,330 @@
+"""Per-session application of plans: the tenant, its checks and its lifetime.
+
+``Engine`` is shared by every session of a process (current rules, plan
+cache, token verifier); a rules reload swaps it atomically. ``TenantSession``
+is the StatementHook one client session uses: it knows the session's tenant
+(bound, from a token, or trusted), answers the identity statements, runs the
+per-tenant checks of each plan, and keeps statements and portals from
+crossing a tenant switch.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from dataclasses import dataclass, field
+
+from proxy.errors import InvalidAuthorization, PgError, Refused
+from proxy.policy.rules import Rules, UserRule
+from proxy.policy.tokens import TokenError, TokenVerifier
+from proxy.sql.builtins import SAFE_SETTINGS
+from proxy.sql.engine import TENANT_SETTING, plan_statement
+from proxy.sql.hooks import PassThrough, StatementHook
+from proxy.sql.plan import IdentityAction, Plan, PlanCache
+from proxy.wire.fields import FieldReader, decode_text
+from proxy.wire.frontend import Bind, Close, Parse
+
+
+class InvalidToken(PgError):
+    """A tenant token that does not verify: the statement fails, the session lives."""
+
+    sqlstate = "28000"
+
+
+_NO_TENANT_HINT = f"SET {TENANT_SETTING} = '<token>' first."
+#: Startup parameters that are not settings, or that the session handles itself.
+_STARTUP_KEYS = {"user", "database", "options", "application_name", "client_encoding",
+                 "replication"}
+
+
+class Engine:
+    """The current rules and everything derived from them, shared by sessions."""
+
+    def __init__(self, rules: Rules, cache_size: int = 10_000) -> None:
+        self.cache = PlanCache(cache_size)
+        self.rules = rules
+        self.verifier = self._verifier(rules)
+
+    @staticmethod
+    def _verifier(rules: Rules) -> TokenVerifier | None:
+        keys = rules.tokens
+        if not keys.hmac and not keys.ed25519_public:
+            return None
+        return TokenVerifier(keys.hmac, keys.ed25519_public)
+
+    def swap(self, rules: Rules) -> None:
+        """Install new rules; statements already planned finish under the old ones."""
+        self.verifier = self._verifier(rules)
+        self.rules = rules
+        self.cache.clear()
+
+    def plan(self, sql: str, *, extended: bool) -> Plan:
+        rules = self.rules
+        key = (rules.version, "P" if extended else "Q", sql)
+        plan = self.cache.get(key)
+        if plan is None:
+            plan = plan_statement(sql, rules, extended=extended)
+            if plan.identity is None:  # never keep token text in the cache
+                self.cache.put(key, plan)
+        return plan
+
+
+@dataclass
+class _Prepared:
+    tenant: str | None
+    params: frozenset[int]
+
+
+@dataclass
+class TenantSession:
+    engine: Engine
+    role: str
+    user: UserRule
+    startup_tenant: str | None
+    tenant: str | None = None
+    local_tenant: str | None = None
+    #: ReadyForQuery sequence number after which the SET LOCAL tenant ends.
+    local_until: int | None = None
+    statements: dict[str, _Prepared] = field(default_factory=dict)
+    portals: dict[str, str | None] = field(default_factory=dict)
+    #: Set by the relay before each call: the number of the ReadyForQuery that
+    #: will answer the message being inspected.
+    rfq_due: int = 0
+    inspects: bool = True
+
+    def __post_init__(self) -> None:
+        self.tenant = self.startup_tenant
+
+    @property
+    def current(self) -> str | None:
+        return self.local_tenant if self.local_until is not None else self.tenant
+
+    # --- StatementHook ------------------------------------------------------------
+
+    def query(self, sql: str) -> str | None:
+        return self._apply(self.engine.plan(sql, extended=False))
+
+    def parse(self, message: Parse) -> Parse | None:
+        plan = self.engine.plan(message.sql, extended=True)
+        new_sql = self._apply(plan)
+        self.statements[message.name] = _Prepared(
+            self.current if plan.needs_tenant else None, plan.tenant_params)
+        return None if new_sql is None else Parse(message.name, new_sql, message.param_types)
+
+    def bind(self, body: bytes) -> None:
+        portal_end = body.index(b"\0")
+        statement_end = body.index(b"\0", portal_end + 1)
+        portal = decode_text(body[:portal_end])
+        prepared = self.statements.get(decode_text(body[portal_end + 1:statement_end]))
+        current = self.current
+        self.portals[portal] = current if prepared is None or prepared.tenant else None
+        if prepared is None or prepared.tenant is None:
+            return
+        message = Bind.decode(FieldReader(body, "Bind"))
+        if prepared is not None and prepared.tenant is not None:
+            if prepared.tenant != current:
+                raise Refused(f'prepared statement "{message.statement}" was prepared for '
+                              "another tenant", hint="Prepare it again after switching "
+                                                     "tenant.")
+            for number in prepared.params:
+                if number > len(message.params):
+                    continue  # PostgreSQL itself rejects the parameter count
+                value = message.params[number - 1]
+                if not self._param_is_tenant(value, message.param_format(number - 1)):
+                    raise Refused(f"parameter ${number} is not this session's tenant",
+                                  hint="Rows cannot be written for another tenant.")
+
+    def execute(self, body: bytes) -> None:
+        portal = decode_text(body[:body.index(b"\0")])
+        tenant = self.portals.get(portal)
+        if tenant is not None and tenant != self.current:
+            raise Refused(f'portal "{portal}" was opened for another tenant')
+
+    def close(self, body: bytes) -> None:
+        message = Close.decode(FieldReader(body, "Close"))
+        (self.statements if message.kind == "S" else self.portals).pop(message.name, None)
+
+    def ready(self, status: bytes, number: int) -> None:
+        if status == b"I":
+            self.portals.clear()
+            if self.local_until is not None and number >= self.local_until:
+                self.local_until = self.local_tenant = None
+
+    def notification_allowed(self, channel: str) -> bool:
+        return self.engine.rules.channel_allowed(channel, self.current)
+
+    # --- plans ---------------------------------------------------------------------
+
+    def _apply(self, plan: Plan) -> str | None:
+        if plan.identity is not None:
+            return self._identity(plan.identity)
+        if plan.error is not None:
+            raise plan.error
+        tenant = self.current
+        rules = self.engine.rules
+        if plan.needs_tenant and tenant is None:
+            raise Refused("no tenant is set for this session", hint=_NO_TENANT_HINT)
+        for literal in plan.tenant_literals:
+            if not self._literal_is_tenant(literal, tenant):
+                raise Refused(f"tenant value {literal[:40]} is not this session's tenant",
+                              hint="Rows cannot be written for another tenant.")
+        for channel in plan.channels:
+            if not rules.channel_allowed(channel, tenant):
+                raise Refused(f'channel "{channel}" does not belong to this tenant',
+                              hint="Channel names start with "
+                                   f"{rules.channel_prefix.format(tenant='<tenant>')}.")
+        if plan.parts is None:
+            return None
+        assert tenant is not None or not plan.needs_tenant
+        return plan.render(rules.tenant_literal(tenant) if tenant is not None else "NULL")
+
+    def _literal_is_tenant(self, literal: str, tenant: str | None) -> bool:
+        if tenant is None:
+            return False
+        if self.engine.rules.tenant_type in ("bigint", "integer"):
+            return re.fullmatch(r"-?\d+", literal) is not None and int(literal) == int(tenant)
+        return literal == tenant
+
+    def _param_is_tenant(self, value: bytes | None, fmt: int) -> bool:
+        tenant = self.current
+        if value is None or tenant is None:
+            return False
+        kind = self.engine.rules.tenant_type
+        if fmt == 0:
+            return self._literal_is_tenant(value.decode("utf-8", "replace"), tenant)
+        if kind in ("bigint", "integer"):
+            return len(value) in (2, 4, 8) and int.from_bytes(value, "big", signed=True) \
+                == int(tenant)
+        if kind == "uuid":
+            return len(value) == 16 and uuid.UUID(bytes=value) == uuid.UUID(tenant)
+        return value.decode("utf-8", "replace") == tenant
+
+    # --- identity --------------------------------------------------------------------
+
+    def _identity(self, action: IdentityAction) -> str | None:
+        if action.verb == "show":
+            return None
+        if action.verb == "reset-all":
+            self.tenant, self.local_until, self.local_tenant = self.startup_tenant, None, None
+            return None
+        if self.user.identity == "bound":
+            raise Refused(f'role "{self.role}" is bound to tenant {self.user.tenant}; '
+                          "it cannot switch tenant")
+        if action.verb == "reset":
+            tenant = self.startup_tenant
+        else:
+            assert action.value is not None
+            tenant = self._resolve(action.value)
+        if action.local:
+            self.local_tenant, self.local_until = tenant, self.rfq_due
+        else:
+            self.tenant = tenant
+        scope = "LOCAL " if action.local else ""
+        if tenant is None:
+            return f"SET {scope}{TENANT_SETTING} TO DEFAULT"
+        return f"SET {scope}{TENANT_SETTING} = '{tenant.replace(chr(39), chr(39) * 2)}'"
+
+    def _resolve(self, value: str) -> str:
+        """A token (or, for trusted roles, a bare id) to a canonical tenant id."""
+        rules = self.engine.rules
+        if self.user.identity == "trusted":
+            try:
+                return rules.check_tenant(value)
+            except ValueError as exc:
+                raise InvalidToken(str(exc)) from exc
+        verifier = self.engine.verifier
+        try:
+            if verifier is None:
+                raise TokenError("no token keys are configured in the rules file")
+            claims = verifier.verify(value, role=self.role)
+            return rules.check_tenant(claims.tenant)
+        except (TokenError, ValueError) as exc:
+            self.tenant = self.local_tenant = None
+            self.local_until = None
+            raise InvalidToken(f"invalid tenant token: {exc}",
+                               hint="The session now has no tenant.") from exc
+
+
+def _parse_options(options: str) -> list[tuple[str, str]]:
+    """``-c name=value`` / ``--name=value`` pairs of the libpq options string."""
+    words, word, escaped = [], "", False
+    for ch in options:
+        if escaped:
+            word, escaped = word + ch, False
+        elif ch == "\\":
+            escaped = True
+        elif ch.isspace():
+            if word:
+                words.append(word)
+            word = ""
+        else:
+            word += ch
+    if word:
+        words.append(word)
+    pairs = []
+    i = 0
+    while i < len(words):
+        w = words[i]
+        if w == "-c" and i + 1 < len(words):
+            setting, i = words[i + 1], i + 2
+        elif w.startswith("-c") or w.startswith("--"):
+            setting, i = w[2:], i + 1
+        else:
+            raise InvalidAuthorization(f"startup option {w!r} is not allowed by tenant-proxy")
+        name, sep, value = setting.partition("=")
+        if not sep:
+            raise InvalidAuthorization(f"startup option {w!r} has no value")
+        pairs.append((name.replace("-", "_").lower(), value))
+    return pairs
+
+
+def _render_options(pairs: list[tuple[str, str]]) -> str:
+    def esc(text: str) -> str:
+        return re.sub(r"([\s\\])", r"\\\1", text)
+
+    return " ".join(f"-c {esc(name)}={esc(value)}" for name, value in pairs)
+
+
+def open_session(engine: Engine, role: str, params: dict[str, str]
+                 ) -> tuple[StatementHook, dict[str, str]]:
+    """The hook for a new login and the startup parameters to send upstream.
+
+    Raises a FATAL PgError for roles the rules do not know, bad tokens in the
+    startup options and startup settings that could subvert isolation.
+    """
+    rules = engine.rules
+    user = rules.users.get(role)
+    if user is None:
+        raise InvalidAuthorization(f'role "{role}" is not configured in the rules file',
+                                   hint="Add it under users: with an identity.")
+    if user.identity == "bypass":
+        return PassThrough(), params
+    upstream = {k: v for k, v in params.items() if k != "options"}
+    for key in params:
+        if key.lower() not in _STARTUP_KEYS and key.lower() not in SAFE_SETTINGS:
+            raise InvalidAuthorization(f'startup parameter "{key}" is not allowed by '
+                                       "tenant-proxy")
+    encoding = params.get("client_encoding", "UTF8").upper().replace("-", "")
+    if encoding not in ("UTF8", "UNICODE"):
+        raise InvalidAuthorization("tenant-proxy needs client_encoding UTF8")
+    options = []
+    startup_value = None
+    for name, value in _parse_options(params.get("options", "")):
+        if name == TENANT_SETTING:
+            startup_value = value
+        elif name in SAFE_SETTINGS:
+            options.append((name, value))
+        else:
+            raise InvalidAuthorization(f'startup setting "{name}" is not allowed by '
+                                       "tenant-proxy")
+    session = TenantSession(engine, role, user, user.tenant)
+    if startup_value is not None:
+        if user.identity == "bound":
+            raise InvalidAuthorization(f'role "{role}" is bound to tenant {user.tenant}')
+        try:
+            session.tenant = session.startup_tenant = session._resolve(startup_value)
+        except InvalidToken as exc:
+            raise InvalidAuthorization(exc.message) from exc
+    options.append((TENANT_SETTING, session.startup_tenant or ""))
+    upstream["options"] = _render_options(options)
+    return session, upstream

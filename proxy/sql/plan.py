@@ -1,0 +1,76 @@
+"""Plans: what to do with one statement text, cached across sessions.
+
+A plan is tenant-independent: the rewritten SQL is kept as parts split on
+the tenant sentinel, so applying it to a tenant is a string join, and the
+checks that depend on the tenant (literals and parameters that must equal it,
+LISTEN channels) are listed for the session to run.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+from proxy.errors import PgError
+
+
+@dataclass(frozen=True, slots=True)
+class IdentityAction:
+    """SET/RESET/SHOW of tenant_proxy.tenant, answered by the proxy."""
+
+    verb: str  # "set", "reset" or "show"
+    value: str | None = None
+    local: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    #: Rewritten text split on the tenant sentinel; None forwards the text as it is.
+    parts: tuple[str, ...] | None = None
+    needs_tenant: bool = False
+    tenant_params: frozenset[int] = frozenset()
+    tenant_literals: tuple[str, ...] = ()
+    channels: tuple[str, ...] = ()
+    identity: IdentityAction | None = None
+    #: A refusal that holds whatever the tenant.
+    error: PgError | None = None
+    kinds: tuple[str, ...] = ()
+    relations: tuple[str, ...] = ()
+
+    def render(self, tenant_literal: str) -> str | None:
+        if self.parts is None:
+            return None
+        return tenant_literal.join(self.parts)
+
+
+@dataclass
+class PlanCache:
+    """An LRU of plans keyed by (rules version, identity mode, statement text)."""
+
+    capacity: int = 10_000
+    hits: int = 0
+    misses: int = 0
+    evictions: int = 0
+    _entries: OrderedDict[tuple[str, str, str], Plan] = field(default_factory=OrderedDict)
+
+    def get(self, key: tuple[str, str, str]) -> Plan | None:
+        plan = self._entries.get(key)
+        if plan is None:
+            self.misses += 1
+            return None
+        self._entries.move_to_end(key)
+        self.hits += 1
+        return plan
+
+    def put(self, key: tuple[str, str, str], plan: Plan) -> None:
+        self._entries[key] = plan
+        self._entries.move_to_end(key)
+        while len(self._entries) > self.capacity:
+            self._entries.popitem(last=False)
+            self.evictions += 1
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+    def __len__(self) -> int:
+        return len(self._entries)

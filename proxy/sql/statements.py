@@ -1,0 +1,92 @@
+"""Statement boundaries, kinds and function calls, read with PostgreSQL's own
+grammar (pglast, which wraps libpg_query).
+
+sqlglot alone misreads some statements (opaque Command fallbacks, ``LISTEN x``
+read as an alias, statement counts that disagree on backslash strings), so
+the proxy trusts PostgreSQL's parser for what a message contains and uses
+sqlglot only to rewrite the data statements it has confirmed.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pglast
+from pglast import ast
+from pglast.parser import ParseError
+
+from proxy.errors import PgError, Refused
+from proxy.policy.rules import Rules
+from proxy.sql.builtins import DENIED_FUNCTIONS, SAFE_FUNCTIONS
+
+
+class SyntaxErr(PgError):
+    sqlstate = "42601"
+
+
+#: pglast statement node -> the sqlglot expression class that must match it.
+DATA_STATEMENTS = ("SelectStmt", "InsertStmt", "UpdateStmt", "DeleteStmt")
+
+
+@dataclass(frozen=True, slots=True)
+class Statement:
+    kind: str
+    text: str
+    node: ast.Node
+
+
+def split(sql: str) -> list[Statement]:
+    """The statements of a message, as PostgreSQL would split them."""
+    try:
+        raw = pglast.parse_sql(sql)
+    except ParseError as exc:
+        raise SyntaxErr(str(exc).split(", at index")[0] or "syntax error") from exc
+    out = []
+    for stmt in raw:
+        start = stmt.stmt_location or 0
+        text = sql[start:start + stmt.stmt_len] if stmt.stmt_len else sql[start:]
+        out.append(Statement(type(stmt.stmt).__name__, text.strip(), stmt.stmt))
+    return out
+
+
+def walk(node: object) -> Iterator[ast.Node]:
+    if isinstance(node, ast.Node):
+        yield node
+        for name in node:
+            yield from walk(getattr(node, name))
+    elif isinstance(node, tuple):
+        for item in node:
+            yield from walk(item)
+
+
+def range_vars(node: ast.Node) -> Counter[tuple[str | None, str]]:
+    """Every relation-shaped name (tables, views, CTE references) in a statement."""
+    return Counter((n.schemaname, n.relname) for n in walk(node) if isinstance(n, ast.RangeVar))
+
+
+def function_name(call: ast.FuncCall) -> tuple[str | None, str]:
+    parts = [p.sval for p in call.funcname]
+    return (parts[0] if len(parts) > 1 else None), parts[-1]
+
+
+def check_functions(node: ast.Node, rules: Rules) -> None:
+    """Refuse any function call that is not known to be safe (I3)."""
+    for n in walk(node):
+        if not isinstance(n, ast.FuncCall):
+            continue
+        schema, name = function_name(n)
+        qualified = f"{schema}.{name}" if schema else name
+        if name in DENIED_FUNCTIONS and schema in (None, "pg_catalog"):
+            raise Refused(f"function {qualified}() is not allowed: {DENIED_FUNCTIONS[name]}")
+        if qualified in rules.functions_deny or name in rules.functions_deny:
+            raise Refused(f"function {qualified}() is denied by the rules file")
+        if qualified in rules.functions_allow:
+            continue
+        if schema in (None, "pg_catalog") and (name in SAFE_FUNCTIONS
+                                               or name in rules.functions_allow):
+            continue
+        raise Refused(f"function {qualified}() is not allowed",
+                      hint="User-defined functions must be listed under functions.allow "
+                           "in the rules file.")
