@@ -34,6 +34,9 @@ INSERT INTO customers (tenant_id, name, country) VALUES
 INSERT INTO invoices (tenant_id, customer_id, amount) VALUES
     (1, 1, 120.00), (1, 2, 75.50), (2, 3, 9999.99), (2, 4, 12.00);
 
+-- One database role for every tenant login: the proxy, not PostgreSQL, keeps
+-- tenants apart. (PostgreSQL sees role "app"; acme, globex and app log in to
+-- the proxy.)
 CREATE ROLE app LOGIN PASSWORD 'app-password';
 GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO app;
 GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO app;

@@ -10,6 +10,7 @@ import signal
 import sys
 
 from proxy.auth.scram import make_verifier
+from proxy.cli.tools import add_tool_parsers
 from proxy.config.settings import Settings, load_settings
 from proxy.config.yamlsource import ConfigError
 from proxy.observability.logs import configure_logging
@@ -105,6 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="run the demonstration and exit instead of waiting for Ctrl-C")
     demo.add_argument("--log-level", default="warning")
     demo.set_defaults(func=cmd_demo)
+    add_tool_parsers(sub)
     return parser
 
 

@@ -41,11 +41,16 @@ class UpstreamSettings:
     user: str | None = None
     password: str | None = None
     passwords: Mapping[str, str] = field(default_factory=dict)
+    #: Login role -> upstream role, for several logins sharing one database role.
+    roles: Mapping[str, str] = field(default_factory=dict)
     sslmode: str = "prefer"
     sslrootcert: str | None = None
 
     def password_for(self, user: str) -> str | None:
         return self.passwords.get(user, self.password)
+
+    def role_for(self, login: str) -> str:
+        return self.roles.get(login) or self.user or login
 
 
 @dataclass(frozen=True)
@@ -172,8 +177,8 @@ def _limits(r: _Reader) -> Limits:
 
 
 def _upstream(r: _Reader) -> UpstreamSettings:
-    keys = {"url", "host", "port", "database", "user", "password", "passwords", "sslmode",
-            "sslrootcert"}
+    keys = {"url", "host", "port", "database", "user", "password", "passwords", "roles",
+            "sslmode", "sslrootcert"}
     s = r.section(("upstream",), keys)
     base = UpstreamSettings()
     url = r.value(("upstream", "url"), s, str, None)
@@ -185,8 +190,12 @@ def _upstream(r: _Reader) -> UpstreamSettings:
     passwords_section = r.section(("upstream", "passwords"), set(s.get("passwords") or {}))
     passwords = {user: r.secret(("upstream", "passwords", user), passwords_section) or ""
                  for user in passwords_section}
+    roles_section = r.section(("upstream", "roles"), set(s.get("roles") or {}))
+    roles = {login: r.value(("upstream", "roles", login), roles_section, str, None)
+             for login in roles_section}
     return replace(
         base,
+        roles=roles,
         host=r.value(("upstream", "host"), s, str, base.host),
         port=r.value(("upstream", "port"), s, int, base.port),
         database=r.value(("upstream", "database"), s, str, base.database),

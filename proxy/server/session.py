@@ -175,7 +175,7 @@ class Session:
             k: v for k, v in params.items()
             if k not in _NOT_FORWARDED and not k.startswith("_pq_.")})
         up = settings.upstream
-        upstream_params["user"] = up.user or self.user
+        upstream_params["user"] = up.role_for(self.user)
         upstream_params["database"] = up.database or params.get("database") or self.user
         self.upstream = await open_upstream(up, upstream_params,
                                             timeout=self.limits.upstream_connect_timeout,

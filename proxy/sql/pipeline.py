@@ -304,7 +304,7 @@ def open_session(engine: Engine, role: str, params: dict[str, str]
         if key.lower() not in _STARTUP_KEYS and key.lower() not in SAFE_SETTINGS:
             raise InvalidAuthorization(f'startup parameter "{key}" is not allowed by '
                                        "tenant-proxy")
-    encoding = params.get("client_encoding", "UTF8").upper().replace("-", "")
+    encoding = re.sub(r"[^A-Z0-9]", "", params.get("client_encoding", "UTF8").upper())
     if encoding not in ("UTF8", "UNICODE"):
         raise InvalidAuthorization("tenant-proxy needs client_encoding UTF8")
     options = []

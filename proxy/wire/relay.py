@@ -87,17 +87,17 @@ class Relay:
             kind, end = span[0], span[2]
             if kind not in FRONTEND_DECODERS or kind == _PASSWORD:
                 raise ProtocolViolation(f"invalid frontend message type {bytes((kind,))!r}")
-            if kind in (_S, _Q):
+            if kind in (_S, _Q, _F):
                 self.pending += 1
+                self.sent += 1
             replacement = None
             if kind == _F:
-                self.pending += 1
                 replacement = self._refuse(Unsupported(
                     "fastpath function calls are not supported by tenant-proxy",
                     hint="Call the function with a SELECT statement instead."), Query)
             elif kind == _X:
                 out.terminate = self.terminating = True
-            elif inspects and (kind in (_Q, _P)):
+            elif inspects and kind in (_Q, _P, _B, _EXECUTE, _CLOSE):
                 replacement = self._inspect(frames, span)
             if replacement is not None:
                 if span[1] > plain_from:

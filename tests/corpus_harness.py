@@ -1,0 +1,178 @@
+"""Run corpus entries through the proxy (and directly) on the corpus schema."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import yaml
+
+from proxy.config.settings import Settings
+from proxy.wire import backend as be
+from proxy.wire import frontend as fe
+from tests.harness import Database
+from tests.rawclient import RawClient
+
+CORPUS = Path(__file__).parent / "corpus"
+CORPUS_DB = "corpus"
+CORPUS_TEMPLATE = "corpus_tpl"
+RLS_ROLE = "rls_reader"
+SCOPED = {"users": "tenant_id", "orders": "tenant_id", "order_items": "tenant_id",
+          "documents": "tenant_id", "tenants": "id"}
+SEQUENCES = ("users_id_seq", "orders_id_seq", "order_items_id_seq", "documents_id_seq",
+             "audit_events_id_seq")
+#: Tables whose contents decide whether anything escaped.
+DIGEST_TABLES = ("tenants", "users", "orders", "order_items", "documents", "countries",
+                 "audit_events")
+
+
+def load_entries(name: str) -> list[dict[str, Any]]:
+    return yaml.safe_load((CORPUS / name).read_text())["entries"]
+
+
+async def _admin(db: Database, database: str = "postgres") -> asyncpg.Connection:
+    return await asyncpg.connect(db.dsn(db.superuser, database))
+
+
+def create_corpus_db(db: Database) -> None:
+    """corpus_tpl from schema.sql plus RLS policies for the differential tests;
+    corpus is cloned from it (and re-cloned if a test ever changes it)."""
+
+    async def go() -> None:
+        admin = await _admin(db)
+        try:
+            await admin.execute(f"DROP DATABASE IF EXISTS {CORPUS_DB}")
+            await admin.execute(f"DROP DATABASE IF EXISTS {CORPUS_TEMPLATE}")
+            await admin.execute(f"CREATE DATABASE {CORPUS_TEMPLATE}")
+        finally:
+            await admin.close()
+        tpl = await _admin(db, CORPUS_TEMPLATE)
+        try:
+            await tpl.execute((CORPUS / "schema.sql").read_text())
+            exists = await tpl.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", RLS_ROLE)
+            if not exists:
+                await tpl.execute(f"CREATE ROLE {RLS_ROLE} NOLOGIN NOBYPASSRLS")
+            for table, column in SCOPED.items():
+                await tpl.execute(f"ALTER TABLE {table} ENABLE ROW LEVEL SECURITY")
+                await tpl.execute(
+                    f"CREATE POLICY tenant_isolation ON {table} TO {RLS_ROLE} "
+                    f"USING ({column} = current_setting('rls.tenant')::int) "
+                    f"WITH CHECK ({column} = current_setting('rls.tenant')::int)")
+            await tpl.execute(f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA "
+                              f"public TO {RLS_ROLE}")
+            await tpl.execute(f"GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {RLS_ROLE}")
+            await tpl.execute("ANALYZE")
+        finally:
+            await tpl.close()
+        await recreate_corpus_db(db)
+
+    asyncio.run(go())
+
+
+async def recreate_corpus_db(db: Database) -> None:
+    admin = await _admin(db)
+    try:
+        await admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 "
+            "AND pid <> pg_backend_pid()", CORPUS_DB)
+        await admin.execute(f"DROP DATABASE IF EXISTS {CORPUS_DB}")
+        await admin.execute(f"CREATE DATABASE {CORPUS_DB} TEMPLATE {CORPUS_TEMPLATE}")
+    finally:
+        await admin.close()
+
+
+async def digest(conn: asyncpg.Connection, *, tenant: int | None = None) -> str:
+    """A hash of every row, or with ``tenant`` of every row that is not that tenant's."""
+    h = hashlib.md5()
+    for table in DIGEST_TABLES:
+        where = f"WHERE {SCOPED[table]} <> {tenant}" if tenant and table in SCOPED else ""
+        rows = await conn.fetch(f"SELECT t::text FROM {table} t {where} ORDER BY 1")
+        h.update(repr([r[0] for r in rows]).encode())
+    return h.hexdigest()
+
+
+async def reset_sequences(conn: asyncpg.Connection) -> None:
+    await conn.execute("SELECT " + ", ".join(f"setval('{s}', 100, false)" for s in SEQUENCES))
+
+
+def corpus_settings(base: Settings, rules: Path) -> Settings:
+    upstream = replace(base.upstream, database=CORPUS_DB,
+                       roles={"corpus_app": "postgres", "corpus_admin": "postgres"},
+                       passwords={**base.upstream.passwords, "postgres": "postgres"})
+    return replace(base, upstream=upstream, rules=str(rules))
+
+
+@dataclass
+class Outcome:
+    """What a client saw for one statement."""
+
+    error: be.ErrorResponse | None = None
+    columns: list[str] = field(default_factory=list)
+    rows: list[list[str | None]] = field(default_factory=list)
+    command: str | None = None
+    copy_out: bytes = b""
+    results: int = 0
+
+    @property
+    def refused(self) -> bool:
+        return self.error is not None
+
+    def summary(self) -> str:
+        if self.error:
+            return f"error {self.error.sqlstate}: {self.error.message}"
+        return f"{self.command}: {self.rows[:5]}"
+
+
+def collect(messages: list[be.BackendMessage]) -> Outcome:
+    out = Outcome()
+    for m in messages:
+        if isinstance(m, be.ErrorResponse) and out.error is None:
+            out.error = m
+        elif isinstance(m, be.RowDescription):
+            out.columns = [c.name for c in m.columns]
+            out.rows = []
+        elif isinstance(m, be.DataRow):
+            out.rows.append([None if v is None else v.decode() for v in m.values])
+        elif isinstance(m, be.CommandComplete):
+            out.command = m.tag
+            out.results += 1
+        elif isinstance(m, be.CopyData):
+            out.copy_out += m.data
+    return out
+
+
+def run_statement(client: RawClient, sql: str, params: list[Any] | None = None,
+                  copy_data: str | None = None) -> Outcome:
+    """Send ``sql`` (simple protocol, or extended with text parameters) and
+    collect everything up to ReadyForQuery."""
+    if params is None:
+        client.send(fe.Query(sql))
+    else:
+        values = tuple(None if p is None else str(p).encode() for p in params)
+        client.send(fe.Parse("", sql), fe.Bind("", "", (), values), fe.Describe("P", ""),
+                    fe.Execute("", 0), fe.Sync())
+    messages: list[be.BackendMessage] = []
+    while True:
+        msg = client.recv()
+        if msg is None:
+            break
+        messages.append(msg)
+        if isinstance(msg, be.CopyInResponse):
+            if copy_data is not None:
+                client.send(fe.CopyData(copy_data.encode()))
+            client.send(fe.CopyDone())
+        if isinstance(msg, be.ReadyForQuery):
+            break
+    return collect(messages)
+
+
+def rows_equal(got: list[list[str | None]], expected: list[list[Any]], ordered: bool) -> bool:
+    want = [[None if v is None else str(v) for v in row] for row in expected]
+    if ordered:
+        return got == want
+    key = repr
+    return sorted(got, key=key) == sorted(want, key=key)
