@@ -45,8 +45,8 @@ def create_corpus_db(db: Database) -> None:
     async def go() -> None:
         admin = await _admin(db)
         try:
-            await admin.execute(f"DROP DATABASE IF EXISTS {CORPUS_DB}")
-            await admin.execute(f"DROP DATABASE IF EXISTS {CORPUS_TEMPLATE}")
+            await admin.execute(f"DROP DATABASE IF EXISTS {CORPUS_DB} WITH (FORCE)")
+            await admin.execute(f"DROP DATABASE IF EXISTS {CORPUS_TEMPLATE} WITH (FORCE)")
             await admin.execute(f"CREATE DATABASE {CORPUS_TEMPLATE}")
         finally:
             await admin.close()
@@ -76,10 +76,7 @@ def create_corpus_db(db: Database) -> None:
 async def recreate_corpus_db(db: Database) -> None:
     admin = await _admin(db)
     try:
-        await admin.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 "
-            "AND pid <> pg_backend_pid()", CORPUS_DB)
-        await admin.execute(f"DROP DATABASE IF EXISTS {CORPUS_DB}")
+        await admin.execute(f"DROP DATABASE IF EXISTS {CORPUS_DB} WITH (FORCE)")
         await admin.execute(f"CREATE DATABASE {CORPUS_DB} TEMPLATE {CORPUS_TEMPLATE}")
     finally:
         await admin.close()
@@ -99,11 +96,20 @@ async def reset_sequences(conn: asyncpg.Connection) -> None:
     await conn.execute("SELECT " + ", ".join(f"setval('{s}', 100, false)" for s in SEQUENCES))
 
 
-def corpus_settings(base: Settings, rules: Path) -> Settings:
+def corpus_settings(base: Settings, rules: Path, logins: dict[str, str]) -> Settings:
+    """Settings for a proxy in front of the corpus database with ``rules``.
+
+    Every login (name -> password) maps to the upstream superuser: the proxy
+    must not rely on database privileges, as in the corpus's own runs.
+    """
+    from proxy.auth.scram import make_verifier
+
     upstream = replace(base.upstream, database=CORPUS_DB,
-                       roles={"corpus_app": "postgres", "corpus_admin": "postgres"},
+                       roles={login: "postgres" for login in logins},
                        passwords={**base.upstream.passwords, "postgres": "postgres"})
-    return replace(base, upstream=upstream, rules=str(rules))
+    auth = replace(base.auth, users={**base.auth.users,
+                                     **{u: make_verifier(p) for u, p in logins.items()}})
+    return replace(base, upstream=upstream, auth=auth, rules=str(rules))
 
 
 @dataclass

@@ -38,12 +38,8 @@ REPORT: Counter[str] = Counter()
 @pytest.fixture(scope="module")
 def corpus_proxy(db: Database, certs: CertFiles) -> Iterator[RunningProxy]:
     create_corpus_db(db)
-    settings = corpus_settings(proxy_settings(db, certs), CORPUS / "rules.yaml")
-    from dataclasses import replace
-
-    from proxy.auth.scram import make_verifier
-    settings = replace(settings, auth=replace(settings.auth, users={
-        **settings.auth.users, "corpus_app": make_verifier(proxy_password("corpus_app"))}))
+    settings = corpus_settings(proxy_settings(db, certs), CORPUS / "rules.yaml",
+                               {"corpus_app": proxy_password("corpus_app")})
     with running_proxy(settings) as proxy:
         yield proxy
     print(f"\nattack corpus: {dict(REPORT)}")

@@ -11,14 +11,12 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import replace
 
 import psycopg
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from proxy.auth.scram import make_verifier
 from tests.certs import CertFiles
 from tests.corpus_harness import (
     CORPUS,
@@ -152,9 +150,8 @@ def writes(draw: st.DrawFn) -> str:
 def diff_env(db: Database, certs: CertFiles) -> Iterator[tuple[RunningProxy, RawClient,
                                                                  psycopg.Connection]]:
     create_corpus_db(db)
-    settings = corpus_settings(proxy_settings(db, certs), CORPUS / "rules.yaml")
-    settings = replace(settings, auth=replace(settings.auth, users={
-        **settings.auth.users, "corpus_app": make_verifier(proxy_password("corpus_app"))}))
+    settings = corpus_settings(proxy_settings(db, certs), CORPUS / "rules.yaml",
+                               {"corpus_app": proxy_password("corpus_app")})
     with running_proxy(settings) as proxy, \
             psycopg.connect(db.dsn(db.superuser, CORPUS_DB), autocommit=True) as direct:
         client = RawClient.connect(proxy.port)

@@ -28,6 +28,9 @@ INNER_ALIAS = "_tp"
 CATALOG_SCHEMAS = ("pg_catalog", "information_schema")
 
 _DML = (exp.Insert, exp.Update, exp.Delete)
+#: Casts that leave a tenant literal or parameter's value as it is.
+_PLAIN_CASTS = {exp.DataType.Type.INT, exp.DataType.Type.BIGINT, exp.DataType.Type.SMALLINT,
+                exp.DataType.Type.TEXT, exp.DataType.Type.VARCHAR, exp.DataType.Type.UUID}
 
 
 @dataclass
@@ -231,6 +234,8 @@ class _Scoper:
 
     @staticmethod
     def _is_checkable(value: exp.Expression) -> bool:
+        if isinstance(value, exp.Cast) and value.to.this in _PLAIN_CASTS:
+            value = value.this
         return isinstance(value, exp.Literal) or (
             isinstance(value, exp.Parameter) and isinstance(value.this, exp.Literal))
 
@@ -281,6 +286,8 @@ class _Scoper:
                       hint="Use VALUES, or a plain SELECT list, with the tenant id.")
 
     def _check_tenant_value(self, value: exp.Expression, column: str) -> None:
+        if isinstance(value, exp.Cast) and value.to.this in _PLAIN_CASTS:
+            value = value.this  # $1::INTEGER, as ORMs write it
         if isinstance(value, exp.Parameter) and isinstance(value.this, exp.Literal):
             self.out.tenant_params.add(int(value.this.this))
             return
