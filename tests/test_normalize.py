@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import pglast
 import pytest
 import sqlglot
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from pglast import parser as pgparser
 from sqlglot.tokens import TokenType
@@ -385,15 +385,22 @@ def _assert_pg_lexer_agrees(sql: str, result: Normalized) -> None:
     assert result.key.replace(" ", "") == "".join(expected).replace(" ", "")
 
 
+def _is_position(key: str) -> bool:
+    # "location", "stmt_location", "stmt_len", PG18's "rexpr_list_start"/"rexpr_list_end"
+    return key in ("location", "stmt_location", "stmt_len") or key.endswith(("_start", "_end"))
+
+
 def _strip(node: object, *, constants: bool = False) -> object:
     """An AST without locations (and, if asked, without constant values)."""
     if isinstance(node, dict):
         if constants and "A_Const" in node and len(node) == 1:
             return {"A_Const": {}}
+        if constants and "arrayBounds" in node:  # "int[3]": plain integers, not A_Const
+            node = {**node, "arrayBounds": len(node["arrayBounds"])}
         return {
             key: _strip(value, constants=constants)
             for key, value in node.items()
-            if key not in ("location", "stmt_location", "stmt_len")
+            if not _is_position(key)
         }
     if isinstance(node, list):
         return [_strip(item, constants=constants) for item in node]
@@ -564,7 +571,7 @@ SEPARATORS = [
 ]
 QUOTED_IDS = ['"A""b"', '"x;--y"', '"a  b"', '"it\'s"', '"/*"', '"$$"']
 TYPES = ["int", "text", "numeric"]
-BINOPS = ["=", "<", ">", "+", "-", "*", "||"]
+BINOPS = ["+", "-", "*", "||"]  # comparisons are not associative; they are in cond()
 
 
 def _glueless(left: Tok, right: Tok) -> bool:
@@ -776,9 +783,16 @@ def _sqlglot_value(lit: str) -> str:
     return lit
 
 
+# sqlglot takes "$1+$" in "$1+$2" (or "$1::int+$2") for the start of a dollar-quoted string
+# and fails; PostgreSQL lexes parameter, operator, parameter.  Such text is left out here
+# (the PostgreSQL lexer test above covers it).
+_SQLGLOT_PARAM_BUG = re.compile(r"\$[0-9]+[^\s$]*\$")
+
+
 @GRAMMAR_SETTINGS
 @given(generated_sql())
 def test_grammar_literals_match_sqlglot(g: Generated) -> None:
+    assume(not _SQLGLOT_PARAM_BUG.search(g.sql))
     result = normalize(g.sql)
     assert result is not None
     theirs = _sqlglot_literals(g.sql)

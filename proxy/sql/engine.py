@@ -26,6 +26,7 @@ from proxy.sql.statements import (
     Statement,
     SyntaxErr,
     check_functions,
+    check_node_types,
     range_vars,
     split,
 )
@@ -68,6 +69,7 @@ def plan_data(stmt: Statement, rules: Rules) -> _Data:
     if isinstance(stmt.node, ast.SelectStmt) and stmt.node.intoClause is not None:
         raise Refused("SELECT INTO creates a table; DDL is not allowed",
                       hint="Use INSERT INTO ... SELECT into an existing table.")
+    check_node_types(stmt.node)
     check_functions(stmt.node, rules)
     try:
         trees = sqlglot.parse(stmt.text, read="postgres")

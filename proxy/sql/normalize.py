@@ -130,9 +130,7 @@ _BLOCK_TOKEN = re.compile(r"/\*|\*/")
 # A string literal followed by this is either continued by the server (if a newline
 # intervenes) or is a syntax error; refuse it either way.
 _QUOTE_FOLLOWS = re.compile(rf"(?:[{_SPACE}]++|--[^\n\r]*+)*+'")
-# After a would-be negative number: these bind tighter than unary minus ("-1::int" is
-# "-(1::int)"), so the minus is left in the key.  "/*" is just conservatism.
-_BINDS_TIGHTER = re.compile(rf"(?:[{_SPACE}]++|--[^\n\r]*+)*+(?:::|\[|\(|\.|/\*)")
+_GAP = re.compile(rf"(?:[{_SPACE}]++|--[^\n\r]*+)*+")
 _UESCAPE = re.compile("uescape", re.IGNORECASE)
 _TAIL_WORD = re.compile(rf"(?<![{_IDENT_CONT}])[A-Za-z]++\Z")
 _TAIL_AS = re.compile(rf"(?<![{_IDENT_CONT}])[aA][sS]\Z")
@@ -244,6 +242,21 @@ def _skip_block_comment(sql: str, pos: int) -> int:
             return pos
 
 
+def _binds_tighter(sql: str, pos: int) -> bool:
+    """Does what follows a would-be negative number bind tighter than prefix minus?
+
+    "-1::int" is "-(1::int)", so there the minus stays in the key.  Subscripts, calls and
+    "." bind tighter too (and make no sense after a number).
+    """
+    while True:
+        pos = _GAP.match(sql, pos).end()
+        if not sql.startswith("/*", pos):
+            return sql.startswith(("::", "[", "(", "."), pos)
+        pos = _skip_block_comment(sql, pos + 2)
+        if pos < 0:
+            return True  # unterminated; normalize() will give up anyway
+
+
 def normalize(sql: str, *, standard_conforming_strings: bool = True) -> Normalized | None:
     """Split ``sql`` into a cache key and its literals; ``None`` if unsure how to."""
     if "\x00" in sql or ("&" in sql and _UESCAPE.search(sql)):
@@ -289,7 +302,7 @@ def normalize(sql: str, *, standard_conforming_strings: bool = True) -> Normaliz
                 num_end = nm.end()
                 if num_end < n and _IDENT_CONT_RE.match(sql, num_end):
                     return None
-                if not _BINDS_TIGHTER.match(sql, num_end):
+                if not _binds_tighter(sql, num_end):
                     lit = sql[pos:num_end]
                     end = num_end
         elif kind == "num":

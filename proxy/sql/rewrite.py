@@ -28,6 +28,7 @@ INNER_ALIAS = "_tp"
 CATALOG_SCHEMAS = ("pg_catalog", "information_schema")
 
 _DML = (exp.Insert, exp.Update, exp.Delete)
+_SYSTEM_COLUMNS = frozenset({"ctid", "tableoid", "xmin", "xmax", "cmin", "cmax"})
 #: Casts that leave a tenant literal or parameter's value as it is.
 _PLAIN_CASTS = {exp.DataType.Type.INT, exp.DataType.Type.BIGINT, exp.DataType.Type.SMALLINT,
                 exp.DataType.Type.TEXT, exp.DataType.Type.VARCHAR, exp.DataType.Type.UUID}
@@ -318,6 +319,7 @@ class _Scoper:
     # --- applying ------------------------------------------------------------------
 
     def apply(self) -> None:
+        system = self._system_columns()
         for table, qualified, column in self._wraps:
             schema, name = qualified.split(".", 1)
             inner = exp.Table(this=_ident(name), db=_ident(schema),
@@ -325,14 +327,40 @@ class _Scoper:
             for arg in ("only", "sample"):
                 if table.args.get(arg) is not None:
                     inner.set(arg, table.args[arg])
-            query = exp.select(exp.Star()).from_(inner).where(exp.EQ(
+            outputs = [exp.Star(), *(exp.alias_(exp.column(c, table=INNER_ALIAS), c)
+                                     for c in system)]
+            query = exp.select(*outputs).from_(inner).where(exp.EQ(
                 this=exp.column(column, table=INNER_ALIAS, quoted=True),
                 expression=exp.Var(this=TENANT_SENTINEL)))
             alias = table.args.get("alias")
             if alias is None or alias.this is None:
                 alias = exp.TableAlias(this=table.this.copy(),
                                        columns=alias.columns if alias else None)
+                self._unqualify_columns(table, schema, name)
             table.replace(exp.Subquery(this=query, alias=alias.copy()))
+
+    def _system_columns(self) -> list[str]:
+        """System columns (ctid, tableoid, ...) the statement reads: the wrapper passes
+        them through, since ``SELECT *`` does not."""
+        if not self._wraps:
+            return []
+        root = self._wraps[0][0].root()
+        names = sorted({c.name.lower() for c in root.find_all(exp.Column)
+                        if c.name.lower() in _SYSTEM_COLUMNS})
+        if names and any(isinstance(s, exp.Star) for s in root.find_all(exp.Star)):
+            raise Unsupported("system columns together with * are not supported",
+                              hint="Name the columns you need.")
+        return names
+
+    def _unqualify_columns(self, table: exp.Table, schema: str, name: str) -> None:
+        """``public.users.id`` names a FROM item that is now the subquery ``users``."""
+        root = table.root()
+        for column in root.find_all(exp.Column):
+            db = column.args.get("db")
+            if db is not None and _name(db) == schema and _name(column.args.get("table")) \
+                    == name:
+                column.set("db", None)
+                column.set("catalog", None)
 
 
 #: pg_class columns that count or locate every tenant's rows.

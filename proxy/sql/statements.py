@@ -17,7 +17,7 @@ import pglast
 from pglast import ast
 from pglast.parser import ParseError
 
-from proxy.errors import PgError, Refused
+from proxy.errors import PgError, Refused, Unsupported
 from proxy.policy.rules import Rules
 from proxy.sql.builtins import DENIED_FUNCTIONS, SAFE_FUNCTIONS
 
@@ -49,6 +49,27 @@ def split(sql: str) -> list[Statement]:
         text = sql[start:start + stmt.stmt_len] if stmt.stmt_len else sql[start:]
         out.append(Statement(type(stmt.stmt).__name__, text.strip(), stmt.stmt))
     return out
+
+
+#: Node types a data statement may contain (PostgreSQL's raw grammar). Anything
+#: else (XMLTABLE, WHERE CURRENT OF, newer syntax) is refused, not guessed at.
+ALLOWED_NODES = frozenset("""
+A_ArrayExpr A_Const A_Expr A_Indices A_Indirection A_Star Alias BitString BoolExpr Boolean
+BooleanTest CTECycleClause CTESearchClause CaseExpr CaseWhen CoalesceExpr CollateClause
+ColumnDef ColumnRef CommonTableExpr DeleteStmt Float FuncCall GroupingFunc GroupingSet
+IndexElem InferClause InsertStmt Integer JoinExpr LockingClause MinMaxExpr MultiAssignRef
+NamedArgExpr NullTest OnConflictClause ParamRef RangeFunction RangeSubselect RangeTableSample
+RangeVar ResTarget ReturningClause RowExpr SQLValueFunction SelectStmt SetToDefault SortBy
+String SubLink TypeCast TypeName UpdateStmt WindowDef WithClause
+""".split())
+
+
+def check_node_types(node: ast.Node) -> None:
+    for n in walk(node):
+        name = type(n).__name__
+        if name not in ALLOWED_NODES:
+            raise Unsupported(f"{name} syntax is not supported by tenant-proxy",
+                              hint="Statements the proxy cannot prove safe are refused.")
 
 
 def walk(node: object) -> Iterator[ast.Node]:
