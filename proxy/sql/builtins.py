@@ -47,7 +47,9 @@ jsonb_path_exists jsonb_path_match jsonb_path_query jsonb_path_query_array
 jsonb_path_query_first row_to_json
 coalesce nullif generate_series generate_subscripts gen_random_uuid uuid_in
 num_nonnulls num_nulls current_setting similar_to_escape similar_escape pg_collation_for
-like_escape
+like_escape pg_get_userbyid to_tsvector to_tsquery plainto_tsquery phraseto_tsquery
+websearch_to_tsquery ts_rank ts_rank_cd ts_headline setweight strip tsvector_to_array
+array_to_tsvector numnode querytree
 is_normalized
 format_type pg_typeof current_schema current_schemas current_database current_catalog
 current_user session_user user version pg_backend_pid inet_client_addr
@@ -105,6 +107,7 @@ pg_catalog.pg_database pg_catalog.pg_settings pg_catalog.pg_extension pg_catalog
 pg_catalog.pg_opclass pg_catalog.pg_operator pg_catalog.pg_cast pg_catalog.pg_tables
 pg_catalog.pg_views pg_catalog.pg_indexes pg_catalog.pg_matviews pg_catalog.pg_sequences
 pg_catalog.pg_roles pg_catalog.pg_tablespace pg_catalog.pg_language
+pg_catalog.pg_partitioned_table pg_catalog.pg_foreign_table pg_catalog.pg_policy
 information_schema.tables information_schema.columns information_schema.schemata
 information_schema.views information_schema.table_constraints
 information_schema.key_column_usage information_schema.referential_constraints

@@ -20,14 +20,16 @@ from proxy.errors import PgError, Refused, Unsupported
 from proxy.policy.rules import Rules
 from proxy.sql.builtins import SAFE_SETTINGS
 from proxy.sql.plan import IdentityAction, Plan
-from proxy.sql.rewrite import TENANT_SENTINEL, scope_statement
+from proxy.sql.rewrite import TENANT_SENTINEL, classify_relation, scope_statement
 from proxy.sql.statements import (
     DATA_STATEMENTS,
     Statement,
     SyntaxErr,
     check_functions,
     check_node_types,
+    check_pg_class,
     range_vars,
+    relation_refs,
     split,
 )
 
@@ -63,6 +65,24 @@ class _Data:
         self.params, self.literals, self.relations = params, literals, relations
 
 
+def _reads_scoped_table(stmt: Statement, rules: Rules) -> bool:
+    """Whether a statement needs the scoping pass; every relation it names is
+    checked either way. Catalog and shared-table reads (driver introspection)
+    go out exactly as written, without sqlglot."""
+    if stmt.kind != "SelectStmt":
+        return True
+    for ref, is_cte in relation_refs(stmt.node):
+        if is_cte:
+            continue
+        if ref.catalogname:
+            return True  # the scoping pass refuses it with a reason
+        qualified = classify_relation(rules, ref.schemaname, ref.relname, "source")
+        rule = rules.table(qualified)
+        if rule is not None and rule.scope == "tenant":
+            return True
+    return False
+
+
 def plan_data(stmt: Statement, rules: Rules) -> _Data:
     if TENANT_SENTINEL in stmt.text:
         raise Refused(f"statements may not contain the reserved word {TENANT_SENTINEL}")
@@ -71,6 +91,13 @@ def plan_data(stmt: Statement, rules: Rules) -> _Data:
                       hint="Use INSERT INTO ... SELECT into an existing table.")
     check_node_types(stmt.node)
     check_functions(stmt.node, rules)
+    if any(r.relname == "pg_class" and r.schemaname in (None, "pg_catalog")
+           for r, is_cte in relation_refs(stmt.node) if not is_cte):
+        check_pg_class(stmt.node)
+    if not _reads_scoped_table(stmt, rules):
+        relations = [f"{r.schemaname or 'public'}.{r.relname}"
+                     for r, is_cte in relation_refs(stmt.node) if not is_cte]
+        return _Data(stmt.text, False, False, set(), [], relations)
     try:
         trees = sqlglot.parse(stmt.text, read="postgres")
     except SqlglotError as exc:

@@ -127,8 +127,7 @@ _MASTER_NO_SCS = _master(False)
 _NUM_RE = re.compile(_NUM)
 _IDENT_CONT_RE = re.compile(f"[{_IDENT_CONT}]")
 _BLOCK_TOKEN = re.compile(r"/\*|\*/")
-# A string literal followed by this is either continued by the server (if a newline
-# intervenes) or is a syntax error; refuse it either way.
+# A string literal followed by this may be continued by the server (splice() refuses it).
 _QUOTE_FOLLOWS = re.compile(rf"(?:[{_SPACE}]++|--[^\n\r]*+)*+'")
 _GAP = re.compile(rf"(?:[{_SPACE}]++|--[^\n\r]*+)*+")
 _UESCAPE = re.compile("uescape", re.IGNORECASE)
@@ -146,8 +145,11 @@ _UNARY_KEYWORDS = frozenset(
 )
 
 
+_ASCII_IDENT = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_$")
+
+
 def _is_ident_char(c: str) -> bool:
-    return c.isascii() and (c.isalnum() or c in "_$") or c >= "\x80"
+    return c in _ASCII_IDENT or c >= "\x80"
 
 
 def _glue(left: str, right: str) -> bool:
@@ -172,8 +174,8 @@ def _glue(left: str, right: str) -> bool:
     if a == "'":
         return b == "'"
     if a == "&" and b == "'":  # u&'' prefix
-        return len(left) > 1 and left[-2] in "uU" and (
-            len(left) == 2 or not _is_ident_char(left[-3])
+        return (
+            len(left) > 1 and left[-2] in "uU" and (len(left) == 2 or not _is_ident_char(left[-3]))
         )
     if b == "-" and a in _OP_CHARS:
         # the minus would join the operator (or start a "--" comment)
@@ -242,19 +244,25 @@ def _skip_block_comment(sql: str, pos: int) -> int:
             return pos
 
 
+def _next_token(sql: str, pos: int) -> int:
+    """Position of the next token at or after ``pos``; -1 in an unterminated comment."""
+    while True:
+        pos = _GAP.match(sql, pos).end()
+        if not sql.startswith("/*", pos):
+            return pos
+        pos = _skip_block_comment(sql, pos + 2)
+        if pos < 0:
+            return -1
+
+
 def _binds_tighter(sql: str, pos: int) -> bool:
     """Does what follows a would-be negative number bind tighter than prefix minus?
 
     "-1::int" is "-(1::int)", so there the minus stays in the key.  Subscripts, calls and
     "." bind tighter too (and make no sense after a number).
     """
-    while True:
-        pos = _GAP.match(sql, pos).end()
-        if not sql.startswith("/*", pos):
-            return sql.startswith(("::", "[", "(", "."), pos)
-        pos = _skip_block_comment(sql, pos + 2)
-        if pos < 0:
-            return True  # unterminated; normalize() will give up anyway
+    pos = _next_token(sql, pos)
+    return pos < 0 or sql.startswith(("::", "[", "(", "."), pos)
 
 
 def normalize(sql: str, *, standard_conforming_strings: bool = True) -> Normalized | None:
@@ -312,7 +320,10 @@ def normalize(sql: str, *, standard_conforming_strings: bool = True) -> Normaliz
         elif kind == "ds":
             lit = m.group()
         elif kind in ("sq", "es", "us", "bs"):
-            if _QUOTE_FOLLOWS.match(sql, end):
+            # Another string next: continued by the server if a newline intervenes, else a
+            # syntax error.  Refuse either way.
+            nxt = _next_token(sql, end)
+            if nxt < 0 or sql.startswith("'", nxt):
                 return None
             lit = m.group()
         else:

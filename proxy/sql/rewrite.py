@@ -91,6 +91,35 @@ def _column_named(node: exp.Expression, column: str) -> bool:
     return isinstance(node, exp.Column) and _name(node.this) == column
 
 
+def classify_relation(rules: Rules, schema: str | None, name: str, position: str) -> str:
+    """The qualified name of a relation reference, or a refusal (I3)."""
+    if schema is None and name.startswith("pg_"):
+        schema = "pg_catalog"
+    if schema in CATALOG_SCHEMAS:
+        qualified = f"{schema}.{name}"
+        if qualified in SENSITIVE_CATALOG:
+            raise Refused(f"reading {qualified} is not allowed: "
+                          f"{SENSITIVE_CATALOG[qualified]}")
+        if position != "source":
+            raise Refused(f"writing to the system catalog ({qualified}) is not allowed")
+        if qualified not in SAFE_CATALOG and qualified not in rules.catalog_allow:
+            raise Refused(f"catalog relation {qualified} is not in the allow-list",
+                          hint="Add it to catalog.allow in the rules file if it holds "
+                               "no tenant data.")
+        return qualified
+    qualified = f"{schema or 'public'}.{name}"
+    rule = rules.table(qualified)
+    if rule is None:
+        raise Refused(f'relation "{qualified}" is not in the rules file',
+                      hint="Unknown relations are refused; list it under tables: "
+                           "with a scope.")
+    if rule.scope == "deny":
+        raise Refused(f'access to relation "{qualified}" is denied by the rules file')
+    if position == "target" and not rule.writable:
+        raise Refused(f'relation "{qualified}" is read-only for tenants')
+    return qualified
+
+
 class _Scoper:
     def __init__(self, rules: Rules) -> None:
         self.rules = rules
@@ -136,7 +165,9 @@ class _Scoper:
         if schema is None and name in ctes:
             return  # a CTE, already walked where it is defined
         position = self._position(table, key, parent)
-        qualified = self._classify(schema, name, position)
+        qualified = classify_relation(self.rules, schema, name, position)
+        if position == "target":
+            self.out.writes = True
         self.out.relations.append(qualified)
         rule = self.rules.table(qualified)
         if position == "source" and rule is not None and rule.scope == "tenant":
@@ -159,35 +190,6 @@ class _Scoper:
                           hint="Use INSERT INTO ... SELECT into an existing table.")
         raise Unsupported(f"cannot analyze a table reference in this position "
                           f"({type(parent).__name__})")
-
-    def _classify(self, schema: str | None, name: str, position: str) -> str:
-        if schema is None and name.startswith("pg_"):
-            schema = "pg_catalog"
-        if schema in CATALOG_SCHEMAS:
-            qualified = f"{schema}.{name}"
-            if qualified in SENSITIVE_CATALOG:
-                raise Refused(f"reading {qualified} is not allowed: "
-                              f"{SENSITIVE_CATALOG[qualified]}")
-            if position != "source":
-                raise Refused(f"writing to the system catalog ({qualified}) is not allowed")
-            if qualified not in SAFE_CATALOG and qualified not in self.rules.catalog_allow:
-                raise Refused(f"catalog relation {qualified} is not in the allow-list",
-                              hint="Add it to catalog.allow in the rules file if it holds "
-                                   "no tenant data.")
-            return qualified
-        qualified = f"{schema or 'public'}.{name}"
-        rule = self.rules.table(qualified)
-        if rule is None:
-            raise Refused(f'relation "{qualified}" is not in the rules file',
-                          hint="Unknown relations are refused; list it under tables: "
-                               "with a scope.")
-        if rule.scope == "deny":
-            raise Refused(f'access to relation "{qualified}" is denied by the rules file')
-        if position == "target":
-            self.out.writes = True
-            if not rule.writable:
-                raise Refused(f'relation "{qualified}" is read-only for tenants')
-        return qualified
 
     # --- DML targets -------------------------------------------------------------
 
@@ -257,7 +259,8 @@ class _Scoper:
         if column in columns:
             index = columns.index(column)
             for value in self._column_values(source, index, len(columns)):
-                if isinstance(value, exp.Column) and not isinstance(source, exp.Values):
+                column_ref = value.this if isinstance(value, exp.Cast) else value
+                if isinstance(column_ref, exp.Column) and not isinstance(source, exp.Values):
                     value.replace(_checked(value.copy()))
                 else:
                     self._check_tenant_value(value, column)
@@ -278,8 +281,9 @@ class _Scoper:
                 raise Unsupported("VALUES rows do not match the column list")
             return [row[index] for row in rows]
         if isinstance(source, exp.Select) and not any(
-                isinstance(e, exp.Star) for e in source.expressions):
-            if len(source.expressions) != width:
+                isinstance(e, exp.Star) for e in source.expressions[:index + 1]):
+            stars = any(isinstance(e, exp.Star) for e in source.expressions)
+            if not stars and len(source.expressions) != width:
                 raise Unsupported("INSERT ... SELECT does not match the column list")
             value = source.expressions[index]
             return [value.this if isinstance(value, exp.Alias) else value]
@@ -363,25 +367,6 @@ class _Scoper:
                 column.set("catalog", None)
 
 
-#: pg_class columns that count or locate every tenant's rows.
-_SENSITIVE_PG_CLASS = frozenset({"reltuples", "relpages", "relallvisible", "relfrozenxid",
-                                 "relminmxid", "relfilenode"})
-
-
-def _check_pg_class(tree: exp.Expression) -> None:
-    """pg_class is readable for introspection, but not its size statistics."""
-    for column in tree.find_all(exp.Column):
-        if isinstance(column.this, exp.Identifier) and column.name.lower() in _SENSITIVE_PG_CLASS:
-            raise Refused(f"reading pg_class.{column.name.lower()} is not allowed: it reveals "
-                          "how many rows all tenants have")
-    for select in tree.find_all(exp.Select):
-        for item in select.expressions:
-            if isinstance(item, exp.Star) or (isinstance(item, exp.Column)
-                                              and isinstance(item.this, exp.Star)):
-                raise Refused("SELECT * is not allowed on queries that read pg_class",
-                              hint="Name the columns you need.")
-
-
 def scope_statement(tree: exp.Expression, rules: Rules) -> Rewrite:
     """Scope ``tree`` in place for tenant-scoped tables and return what was found.
 
@@ -395,8 +380,6 @@ def scope_statement(tree: exp.Expression, rules: Rules) -> Rewrite:
         scoper.visit(tree, frozenset())
     except (KeyError, AttributeError, TypeError, ValueError) as exc:
         raise Unsupported(f"cannot analyze this statement ({type(exc).__name__})") from exc
-    if "pg_catalog.pg_class" in scoper.out.relations:
-        _check_pg_class(tree)
     scoper.apply()
     return scoper.out
 

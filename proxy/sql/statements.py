@@ -82,9 +82,56 @@ def walk(node: object) -> Iterator[ast.Node]:
             yield from walk(item)
 
 
+def relation_refs(node: object, ctes: frozenset[str] = frozenset()
+                  ) -> Iterator[tuple[ast.RangeVar, bool]]:
+    """Every RangeVar with whether it names a CTE in scope there.
+
+    PostgreSQL's rule: a CTE is visible to the statement body and, without
+    RECURSIVE, only to the CTEs after it (with RECURSIVE, to all of them).
+    """
+    if isinstance(node, tuple):
+        for item in node:
+            yield from relation_refs(item, ctes)
+        return
+    if not isinstance(node, ast.Node):
+        return
+    if isinstance(node, ast.RangeVar):
+        yield node, node.schemaname is None and node.relname in ctes
+        return
+    with_clause = getattr(node, "withClause", None) if isinstance(
+        node, (ast.SelectStmt, ast.InsertStmt, ast.UpdateStmt, ast.DeleteStmt)) else None
+    if with_clause is not None:
+        names = [cte.ctename for cte in with_clause.ctes]
+        for i, cte in enumerate(with_clause.ctes):
+            visible = names if with_clause.recursive else names[:i]
+            yield from relation_refs(cte.ctequery, ctes | frozenset(visible))
+        ctes = ctes | frozenset(names)
+    for name in node:
+        if name != "withClause" or with_clause is None:
+            yield from relation_refs(getattr(node, name), ctes)
+
+
 def range_vars(node: ast.Node) -> Counter[tuple[str | None, str]]:
     """Every relation-shaped name (tables, views, CTE references) in a statement."""
     return Counter((n.schemaname, n.relname) for n in walk(node) if isinstance(n, ast.RangeVar))
+
+
+#: pg_class columns that count or locate every tenant's rows.
+SENSITIVE_PG_CLASS = frozenset({"reltuples", "relpages", "relallvisible", "relfrozenxid",
+                                "relminmxid", "relfilenode"})
+
+
+def check_pg_class(node: ast.Node) -> None:
+    """pg_class is readable for introspection, but not its size statistics."""
+    for n in walk(node):
+        if isinstance(n, ast.ColumnRef):
+            for field in n.fields:
+                if isinstance(field, ast.String) and field.sval in SENSITIVE_PG_CLASS:
+                    raise Refused(f"reading pg_class.{field.sval} is not allowed: it reveals "
+                                  "how many rows all tenants have")
+                if isinstance(field, ast.A_Star):
+                    raise Refused("SELECT * is not allowed on queries that read pg_class",
+                                  hint="Name the columns you need.")
 
 
 def function_name(call: ast.FuncCall) -> tuple[str | None, str]:
