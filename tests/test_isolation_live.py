@@ -288,3 +288,32 @@ def test_hot_reload_keeps_connections(db: Database, certs: CertFiles, tmp_path: 
             with pytest.raises(psycopg.errors.InsufficientPrivilege, match="denied"):
                 conn.execute("SELECT count(*) FROM countries")
             assert conn.execute("SELECT 1").fetchone() == (1,)
+
+
+def test_copy_in_and_out_are_scoped(iso: RunningProxy) -> None:
+    with psycopg.connect(dsn(iso, "acme")) as conn:
+        with conn.cursor() as cur:
+            with cur.copy("COPY users (email, name) FROM STDIN") as copy:
+                copy.write_row(("copied1@acme.test", "Copy One"))
+                copy.write_row(("copied2@acme.test", None))
+            with cur.copy("COPY users (email, tenant_id) FROM STDIN WITH (FORMAT csv)") as copy:
+                copy.write(b"copied3@acme.test,1\n")
+            rows = conn.execute("SELECT tenant_id, name FROM users WHERE email LIKE "
+                                "'copied%' ORDER BY email").fetchall()
+            assert rows == [(1, "Copy One"), (1, None), (1, None)]
+            out = bytearray()
+            with cur.copy("COPY users (email) TO STDOUT") as copy:
+                for chunk in copy:
+                    out += chunk
+            assert b"@globex.test" not in out and b"copied1@acme.test" in out
+        conn.rollback()
+        with pytest.raises(psycopg.errors.InsufficientPrivilege,
+                           match="COPY row 2: tenant value '2'"), conn.cursor() as cur, \
+                cur.copy("COPY users (tenant_id, email) FROM STDIN") as copy:
+            copy.write(b"1\tok@acme.test\n2\tevil@globex.test\n")
+        conn.rollback()
+        assert conn.execute("SELECT count(*) FROM users WHERE email IN "
+                            "('ok@acme.test', 'evil@globex.test')").fetchone() == (0,)
+        with pytest.raises(psycopg.errors.FeatureNotSupported, match="binary COPY"), \
+                conn.cursor() as cur, cur.copy("COPY users (email) FROM STDIN (FORMAT binary)"):
+            pass

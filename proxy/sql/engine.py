@@ -19,6 +19,7 @@ from sqlglot.errors import SqlglotError
 from proxy.errors import PgError, Refused, Unsupported
 from proxy.policy.rules import Rules
 from proxy.sql.builtins import SAFE_SETTINGS
+from proxy.sql.copyin import CopyFormat
 from proxy.sql.plan import IdentityAction, Plan
 from proxy.sql.rewrite import TENANT_SENTINEL, classify_relation, scope_statement
 from proxy.sql.statements import (
@@ -60,9 +61,11 @@ class _Data:
     """The outcome for one data statement."""
 
     def __init__(self, text: str, changed: bool, needs_tenant: bool,
-                 params: set[int], literals: list[str], relations: list[str]) -> None:
+                 params: set[int], literals: list[str], relations: list[str],
+                 copy_in: CopyFormat | None = None) -> None:
         self.text, self.changed, self.needs_tenant = text, changed, needs_tenant
         self.params, self.literals, self.relations = params, literals, relations
+        self.copy_in = copy_in
 
 
 def _reads_scoped_table(stmt: Statement, rules: Rules) -> bool:
@@ -201,8 +204,7 @@ def _copy(stmt: Statement, rules: Rules) -> _Data:
         raise Refused("COPY to or from server files or programs is not allowed",
                       hint="Use COPY ... TO STDOUT / FROM STDIN.")
     if node.is_from:
-        raise Unsupported("COPY FROM is not supported through tenant-proxy yet",
-                          hint="Use INSERT statements.")
+        return _copy_in(stmt, node, rules)
     if node.relation is not None:
         rel = node.relation
         name = f'"{rel.schemaname}".' if rel.schemaname else ""
@@ -215,6 +217,60 @@ def _copy(stmt: Statement, rules: Rules) -> _Data:
     options = _copy_options(node.options or ())
     return _Data(f"COPY ({data.text}) TO STDOUT{options}", True, data.needs_tenant,
                  data.params, data.literals, data.relations)
+
+
+def _copy_in(stmt: Statement, node: ast.CopyStmt, rules: Rules) -> _Data:
+    rel = node.relation
+    qualified = classify_relation(rules, rel.schemaname, rel.relname, "target")
+    rule = rules.table(qualified)
+    if rule is None or rule.scope != "tenant":
+        return _Data(stmt.text, False, False, set(), [], [qualified])
+    if node.whereClause is not None:
+        raise Unsupported("COPY FROM ... WHERE is not supported for tenant-scoped tables")
+    opts = {o.defname: o.arg for o in node.options or ()}
+    fmt = opts.get("format")
+    kind = fmt.sval if isinstance(fmt, ast.String) else "text"
+    if kind == "binary":
+        raise Unsupported("binary COPY into a tenant-scoped table is not supported",
+                          hint="Use COPY ... FROM STDIN in text or CSV format.")
+    header = opts.get("header")
+    if isinstance(header, ast.String) and header.sval.lower() == "match":
+        raise Unsupported("COPY ... HEADER MATCH is not supported for tenant-scoped tables")
+
+    def text_opt(name: str, default: str) -> str:
+        arg = opts.get(name)
+        return arg.sval if isinstance(arg, ast.String) else default
+
+    columns = [c.sval for c in node.attlist or ()]
+    if not columns:
+        raise Refused("COPY into a tenant-scoped table needs a column list",
+                      hint=f'Name the columns, with or without "{rule.column}".')
+    csv = kind == "csv"
+    quote = text_opt("quote", '"')
+    layout = CopyFormat(
+        csv=csv, delimiter=text_opt("delimiter", "," if csv else "\t"), quote=quote,
+        escape=text_opt("escape", quote), header=_copy_flag(opts, "header"),
+        tenant_index=columns.index(rule.column) if rule.column in columns else None)
+    text = stmt.text
+    if layout.tenant_index is None:
+        schema, name = qualified.split(".", 1)
+        cols = ", ".join(f'"{c}"' for c in [*columns, rule.column or ""])
+        text = f'COPY "{schema}"."{name}" ({cols}) FROM STDIN{_copy_options(node.options or ())}'
+    return _Data(text, True, True, set(), [], [qualified], layout)
+
+
+def _copy_flag(opts: dict[str, object], name: str) -> bool:
+    """A boolean COPY option: present without a value means true."""
+    if name not in opts:
+        return False
+    arg = opts[name]
+    if isinstance(arg, ast.Boolean):
+        return bool(arg.boolval)
+    if isinstance(arg, ast.Integer):
+        return arg.ival != 0
+    if isinstance(arg, ast.String):
+        return arg.sval.lower() in ("true", "on", "1")
+    return True
 
 
 def _copy_options(options: tuple[ast.DefElem, ...]) -> str:
@@ -268,6 +324,7 @@ def _plan(sql: str, rules: Rules, extended: bool) -> Plan:
     literals: list[str] = []
     channels: list[str] = []
     relations: list[str] = []
+    copy_in: CopyFormat | None = None
     for stmt in statements:
         if stmt.kind in DATA_STATEMENTS or stmt.kind == "CopyStmt":
             data = plan_data(stmt, rules) if stmt.kind != "CopyStmt" else _copy(stmt, rules)
@@ -277,6 +334,7 @@ def _plan(sql: str, rules: Rules, extended: bool) -> Plan:
             params |= data.params
             literals += data.literals
             relations += data.relations
+            copy_in = data.copy_in or copy_in
             continue
         identity, found = _utility(stmt, rules)
         if identity is not None:
@@ -288,7 +346,7 @@ def _plan(sql: str, rules: Rules, extended: bool) -> Plan:
     parts = tuple("; ".join(texts).split(TENANT_SENTINEL)) if changed else None
     return Plan(parts=parts, needs_tenant=needs_tenant, tenant_params=frozenset(params),
                 tenant_literals=tuple(literals), channels=tuple(channels), kinds=kinds,
-                relations=tuple(relations))
+                relations=tuple(relations), copy_in=copy_in)
 
 
 __all__ = ["TENANT_SETTING", "plan_statement"]

@@ -43,6 +43,19 @@ class StatementHook(Protocol):
     def notification_allowed(self, channel: str) -> bool:
         """Whether a NotificationResponse on ``channel`` may reach the client."""
 
+    @property
+    def copying(self) -> bool:
+        """True while COPY ... FROM STDIN rows must pass through ``copy_data``."""
+
+    def copy_data(self, data: bytes) -> bytes:
+        """The CopyData payload to forward instead of ``data``; raise to refuse."""
+
+    def copy_done(self) -> bytes:
+        """Rows still buffered when the client sends CopyDone; raise to refuse."""
+
+    def copy_end(self) -> None:
+        """COPY input ended (CopyDone, CopyFail or a refusal)."""
+
 
 class PassThrough:
     """Forwards every statement unchanged (no rules, or a bypass role)."""
@@ -70,3 +83,14 @@ class PassThrough:
 
     def notification_allowed(self, channel: str) -> bool:
         return True
+
+    copying = False
+
+    def copy_data(self, data: bytes) -> bytes:
+        return data
+
+    def copy_done(self) -> bytes:
+        return b""
+
+    def copy_end(self) -> None:
+        return None

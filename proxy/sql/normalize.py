@@ -83,8 +83,9 @@ _OP_SPECIAL = "~!@#^&|`?%"  # an operator holding one of these may end in + or -
 _SPACE = " \t\n\r\f"
 
 # One "run" is a sequence of tokens that go into the key verbatim and need no per-token
-# work: identifiers and keywords, quoted identifiers, parameters and punctuation, joined by
-# at most one plain space.  Matching a whole run at once keeps the Python-level loop short.
+# work: identifiers and keywords, quoted identifiers, parameters, punctuation and operators
+# without "-" or "/*", joined by at most one plain space.  Matching a whole run at once
+# keeps the Python-level loop short.
 _RUN_ATOM = (
     # identifier/keyword; a lone b/e/n/x before a quote or u& before a quote starts a
     # literal instead (the longer match wins in flex)
@@ -94,6 +95,9 @@ _RUN_ATOM = (
     rf"|\$[0-9]++(?![{_IDENT_CONT}])"  # parameter, not followed by junk
     r"|::?|[,()\[\];]"
     r"|\.(?![.0-9])"  # "." that is neither ".." nor the start of ".5"
+    # a whole operator-character run without "-" (a possible prefix minus, or "--") or
+    # "/*"; how the server splits it into tokens does not change the key
+    r"|(?:[~!@#^&|`?+*%<>=]|/(?!\*))++(?![~!@#^&|`?+\-*/%<>=])"
 )
 _RUN = rf"(?:{_RUN_ATOM})(?: ?(?:{_RUN_ATOM}))*+"
 
@@ -106,9 +110,10 @@ def _master(standard_conforming_strings: bool) -> re.Pattern[str]:
     plain = _Q_BODY if standard_conforming_strings else _E_BODY
     # With standard_conforming_strings off the server rejects U&'...' outright.
     uni = rf"(?P<us>[uU]&'{_Q_BODY})" if standard_conforming_strings else r"(?P<bad_us>[uU]&')"
+    # Every match takes the whitespace in front of its token too.
     return re.compile(
+        rf"[{_SPACE}]*+(?:"
         rf"(?P<run>{_RUN})"
-        rf"|(?P<ws>[{_SPACE}]++)"
         r"|(?P<lc>--[^\n\r]*+)"
         r"|(?P<bc>/\*)"
         rf"|(?P<num>{_NUM})"
@@ -118,6 +123,7 @@ def _master(standard_conforming_strings: bool) -> re.Pattern[str]:
         rf"|{uni}"
         r"|(?P<bs>[bBxX]'[^']*+')"
         rf"|(?P<ds>\$(?P<tag>(?:[{_IDENT_START}][{_DOLQ_CONT}]*+)?)\$[\s\S]*?\$(?P=tag)\$)"
+        r"|(?P<end>\Z))"
     )
 
 
@@ -214,8 +220,9 @@ def _unary_minus_allowed(out: list[str]) -> bool:
     if c == ":":
         return not last.endswith("::")
     if c in _OP_CHARS:
-        # any operator token except "*", which may be a star ("SELECT * -1", "t.* - 1")
-        return last != "*"
+        # after any operator token except "*", which may be a star ("SELECT * -1",
+        # "t.* - 1"); other operators ending in "*" ("<*") are operators
+        return c != "*" or (len(last) > 1 and last[-2] in _OP_CHARS)
     if not c.isalpha():
         return False
     m = _TAIL_WORD.search(last, max(0, len(last) - 12))
@@ -277,29 +284,33 @@ def normalize(sql: str, *, standard_conforming_strings: bool = True) -> Normaliz
     after_literal = False  # the last piece in ``out`` is MARKER
     pos = 0
     n = len(sql)
-    while pos < n:
+    while True:
         m = match(sql, pos)
         if m is None:
             return None
         kind = m.lastgroup
         end = m.end()
-        if kind == "ws" or kind == "lc":
+        if pos < n and sql[pos] in _SPACE:
+            space = True
+        pos = m.start(kind)
+        if kind == "run":
+            lit = None
+            tok = sql[pos:end]
+        elif kind == "lc":
             space = True
             pos = end
             continue
-        if kind == "bc":
+        elif kind == "bc":
             end = _skip_block_comment(sql, end)
             if end < 0:
                 return None
             space = True
             pos = end
             continue
-
-        if kind == "run":
-            lit = None
-            tok = m.group()
+        elif kind == "end":
+            break
         elif kind == "op":
-            tok = m.group()
+            tok = sql[pos:end]
             if len(tok) > 1:
                 tok = _pg_operator(tok)
                 if not tok:
@@ -316,16 +327,16 @@ def normalize(sql: str, *, standard_conforming_strings: bool = True) -> Normaliz
         elif kind == "num":
             if end < n and _IDENT_CONT_RE.match(sql, end):
                 return None  # 0x1F, 1_000, 12abc, 1e: junk or a PG16+ literal
-            lit = m.group()
+            lit = sql[pos:end]
         elif kind == "ds":
-            lit = m.group()
+            lit = sql[pos:end]
         elif kind in ("sq", "es", "us", "bs"):
             # Another string next: continued by the server if a newline intervenes, else a
             # syntax error.  Refuse either way.
             nxt = _next_token(sql, end)
             if nxt < 0 or sql.startswith("'", nxt):
                 return None
-            lit = m.group()
+            lit = sql[pos:end]
         else:
             return None
 

@@ -18,6 +18,7 @@ from proxy.errors import InvalidAuthorization, PgError, Refused
 from proxy.policy.rules import Rules, UserRule
 from proxy.policy.tokens import TokenError, TokenVerifier
 from proxy.sql.builtins import SAFE_SETTINGS
+from proxy.sql.copyin import CopyIn
 from proxy.sql.engine import TENANT_SETTING, plan_statement
 from proxy.sql.hooks import PassThrough, StatementHook
 from proxy.sql.plan import IdentityAction, Plan, PlanCache
@@ -91,6 +92,7 @@ class TenantSession:
     #: will answer the message being inspected.
     rfq_due: int = 0
     inspects: bool = True
+    copy: CopyIn | None = None
 
     def __post_init__(self) -> None:
         self.tenant = self.startup_tenant
@@ -153,6 +155,21 @@ class TenantSession:
     def notification_allowed(self, channel: str) -> bool:
         return self.engine.rules.channel_allowed(channel, self.current)
 
+    @property
+    def copying(self) -> bool:
+        return self.copy is not None
+
+    def copy_data(self, data: bytes) -> bytes:
+        assert self.copy is not None
+        return self.copy.feed(data)
+
+    def copy_done(self) -> bytes:
+        assert self.copy is not None
+        return self.copy.finish()
+
+    def copy_end(self) -> None:
+        self.copy = None
+
     # --- plans ---------------------------------------------------------------------
 
     def _apply(self, plan: Plan) -> str | None:
@@ -173,6 +190,10 @@ class TenantSession:
                 raise Refused(f'channel "{channel}" does not belong to this tenant',
                               hint="Channel names start with "
                                    f"{rules.channel_prefix.format(tenant='<tenant>')}.")
+        self.copy = None
+        if plan.copy_in is not None and tenant is not None:
+            self.copy = CopyIn(plan.copy_in, tenant,
+                               quote_tenant=rules.tenant_type not in ("bigint", "integer"))
         if plan.parts is None:
             return None
         assert tenant is not None or not plan.needs_tenant

@@ -12,6 +12,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from proxy.errors import PgError
+from proxy.sql.copyin import CopyFormat
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +37,8 @@ class Plan:
     error: PgError | None = None
     kinds: tuple[str, ...] = ()
     relations: tuple[str, ...] = ()
+    #: COPY ... FROM STDIN into a tenant-scoped table: how to fill or check rows.
+    copy_in: CopyFormat | None = None
 
     def render(self, tenant_literal: str) -> str | None:
         if self.parts is None:

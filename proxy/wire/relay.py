@@ -24,10 +24,20 @@ from proxy.sql.hooks import PassThrough, StatementHook
 from proxy.wire.backend import ErrorResponse, NotificationResponse
 from proxy.wire.fields import FieldReader
 from proxy.wire.framing import Frames, MessageFramer
-from proxy.wire.frontend import FRONTEND_DECODERS, Bind, Execute, Parse, Query
+from proxy.wire.frontend import (
+    FRONTEND_DECODERS,
+    Bind,
+    CopyData,
+    CopyDone,
+    CopyFail,
+    Execute,
+    Parse,
+    Query,
+)
 
 _Q, _P, _F, _S, _X, _PASSWORD = b"Q"[0], b"P"[0], b"F"[0], b"S"[0], b"X"[0], b"p"[0]
 _B, _EXECUTE, _CLOSE = b"B"[0], b"E"[0], b"C"[0]
+_COPY_DATA, _COPY_DONE, _COPY_FAIL = b"d"[0], b"c"[0], b"f"[0]
 _Z, _ERROR, _NOTIFICATION = b"Z"[0], b"E"[0], b"A"[0]
 
 
@@ -99,6 +109,9 @@ class Relay:
                 out.terminate = self.terminating = True
             elif inspects and kind in (_Q, _P, _B, _EXECUTE, _CLOSE):
                 replacement = self._inspect(frames, span)
+            elif inspects and kind in (_COPY_DATA, _COPY_DONE, _COPY_FAIL) and \
+                    self._hook.copying:
+                replacement = self._copy(kind, frames.body(span))
             if replacement is not None:
                 if span[1] > plain_from:
                     out.to_upstream.append(frames.data[plain_from:span[1]])
@@ -141,6 +154,27 @@ class Relay:
         except ValueError as exc:
             raise ProtocolViolation(f"invalid {bytes((kind,))!r} message") from exc
         return None
+
+    def _copy(self, kind: int, body: bytes) -> bytes:
+        """COPY FROM STDIN rows through the hook; a refusal becomes CopyFail, which
+        makes the server end the COPY with an error naming the marker."""
+        hook = self._hook
+        try:
+            if kind == _COPY_DATA:
+                data = hook.copy_data(body)
+                return CopyData(data).encode() if data else b""
+            if kind == _COPY_DONE:
+                tail = hook.copy_done()
+                hook.copy_end()
+                return (CopyData(tail).encode() if tail else b"") + CopyDone().encode()
+        except PgError as exc:
+            hook.copy_end()
+            self._seq += 1
+            marker = f"{self._marker}{self._seq}"
+            self._refusals[marker] = exc
+            return CopyFail(marker).encode()
+        hook.copy_end()
+        return CopyFail(CopyFail.decode(FieldReader(body, "CopyFail")).reason).encode()
 
     def _refuse(self, error: PgError, carrier: type, name: str = "") -> bytes:
         """A message that makes the upstream fail right here, naming a marker.
