@@ -98,6 +98,10 @@ def test_fidelity(fidelity_env: tuple[RunningProxy, Database], entry: dict[str, 
                   "SET rls.tenant = '1'"]
     try:
         expected = _run(direct, entry, rls_prefix)
+        if expected.error is not None and "row-level security" in expected.error.message:
+            # PostgreSQL cannot COPY FROM under RLS; these rows are all tenant 1's, so
+            # the plain result is what RLS would allow.
+            expected = _run(direct, entry, [])
     finally:
         direct.close()
     _reset_sequences(db)
