@@ -317,3 +317,34 @@ def test_copy_in_and_out_are_scoped(iso: RunningProxy) -> None:
         with pytest.raises(psycopg.errors.FeatureNotSupported, match="binary COPY"), \
                 conn.cursor() as cur, cur.copy("COPY users (email) FROM STDIN (FORMAT binary)"):
             pass
+
+
+PREPARE_RULES = RULES.replace("users:\n  tok:", "session: {sql_prepare: rewrite}\nusers:\n  tok:")
+
+
+def test_sql_prepare_and_cursors_are_scoped_and_tied_to_the_tenant(
+        db: Database, certs: CertFiles, tmp_path: Path) -> None:
+    create_corpus_db(db)
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(PREPARE_RULES)
+    with running_proxy(corpus_settings(proxy_settings(db, certs), rules, LOGINS)) as proxy, \
+            psycopg.connect(dsn(proxy, "tok"), autocommit=True) as conn:
+        conn.execute(f"SET tenant_proxy.tenant = '{token('1')}'")
+        conn.execute("PREPARE by_tenant AS SELECT email FROM users ORDER BY id")
+        one = [r[0] for r in conn.execute("EXECUTE by_tenant").fetchall()]
+        assert one and all(e.endswith("@acme.test") for e in one)
+        conn.execute("PREPARE add_doc(int) AS INSERT INTO documents (tenant_id, body) "
+                     "VALUES ($1, '{}')")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="parameter \\$1"):
+            conn.execute("EXECUTE add_doc(2)")
+        with conn.transaction():
+            conn.execute("DECLARE c CURSOR FOR SELECT email FROM users ORDER BY id")
+            assert [r[0] for r in conn.execute("FETCH ALL FROM c").fetchall()] == one
+        conn.execute(f"SET tenant_proxy.tenant = '{token('2')}'")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="another tenant"):
+            conn.execute("EXECUTE by_tenant")
+        # psycopg's server-side (named) cursors use DECLARE/FETCH.
+        with conn.transaction(), conn.cursor(name="named") as cur:
+            cur.execute("SELECT email FROM users ORDER BY id")
+            two = [r[0] for r in cur.fetchall()]
+        assert two and all(e.endswith("@globex.test") for e in two)

@@ -60,6 +60,7 @@ class Rules:
     channel_prefix: str = "tenant_{tenant}_"
     multi_statement: bool = False
     reset_all: bool = False
+    sql_prepare: bool = False
     users: Mapping[str, UserRule] = field(default_factory=dict)
     tokens: TokenKeys = field(default_factory=TokenKeys)
 
@@ -248,11 +249,14 @@ def rules_from_document(doc: Located, digest: str) -> Rules:
                       "tenant_{tenant}_")
     if "{tenant}" not in prefix:
         raise doc.error(("notify", "channel_prefix"), "must contain {tenant}")
-    session = ld.mapping(("session",), top.get("session"), {"multi_statement", "reset_all"})
+    session = ld.mapping(("session",), top.get("session"),
+                         {"multi_statement", "reset_all", "sql_prepare"})
     multi = ld.choice(("session", "multi_statement"), session.get("multi_statement"),
                       ("refuse", "allow"), "refuse")
     reset_all = ld.choice(("session", "reset_all"), session.get("reset_all"),
                           ("refuse", "allow"), "refuse")
+    sql_prepare = ld.choice(("session", "sql_prepare"), session.get("sql_prepare"),
+                            ("refuse", "rewrite"), "refuse")
     base = Rules(doc.source, digest, column, ttype)
     return Rules(
         source=doc.source, digest=digest, tenant_column=column, tenant_type=ttype,
@@ -263,6 +267,7 @@ def rules_from_document(doc: Located, digest: str) -> Rules:
         channel_prefix=prefix,
         multi_statement=multi == "allow",
         reset_all=reset_all == "allow",
+        sql_prepare=sql_prepare == "rewrite",
         users=_users(ld, top.get("users"), base),
         tokens=_tokens(ld, top.get("tokens")),
     )

@@ -8,6 +8,7 @@ here knows about sessions or tenants; ``pipeline`` applies plans.
 from __future__ import annotations
 
 import logging
+import re
 
 import pglast
 import pglast.stream
@@ -20,7 +21,7 @@ from proxy.errors import PgError, Refused, Unsupported
 from proxy.policy.rules import Rules
 from proxy.sql.builtins import SAFE_SETTINGS
 from proxy.sql.copyin import CopyFormat
-from proxy.sql.plan import IdentityAction, Plan
+from proxy.sql.plan import IdentityAction, Plan, SqlObject
 from proxy.sql.rewrite import TENANT_SENTINEL, classify_relation, scope_statement
 from proxy.sql.statements import (
     DATA_STATEMENTS,
@@ -155,6 +156,66 @@ def _setting_plan(node: ast.VariableSetStmt, rules: Rules) -> IdentityAction | N
     raise Refused(f'setting "{name}" is not allowed: {reason}')
 
 
+_CURSOR_OPT_HOLD = 0x0020
+
+
+def _inner_text(stmt: Statement, inner: ast.Node, keyword: str) -> tuple[str, str]:
+    """Split ``PREPARE p AS <query>`` / ``DECLARE c CURSOR FOR <query>`` into the
+    prefix and the query text, confirmed by parsing the query part again."""
+    for match in re.finditer(rf"\b{keyword}\b", stmt.text, re.IGNORECASE):
+        rest = stmt.text[match.end():]
+        try:
+            parsed = pglast.parse_sql(rest)
+        except pglast.parser.ParseError:
+            continue
+        if len(parsed) == 1 and parsed[0].stmt == inner:
+            return stmt.text[:match.end()], rest.strip()
+    raise Unsupported(f"tenant-proxy cannot find the query of this {stmt.kind}")
+
+
+def _sql_object(stmt: Statement, rules: Rules) -> tuple[_Data, SqlObject]:
+    """SQL-level PREPARE/EXECUTE and DECLARE/FETCH/CLOSE: bodies are scoped like
+    any statement; the session ties each name to the tenant it was made for."""
+    node = stmt.node
+    if isinstance(node, (ast.PrepareStmt, ast.DeclareCursorStmt)):
+        prepare = isinstance(node, ast.PrepareStmt)
+        prefix, text = _inner_text(stmt, node.query, "AS" if prepare else "FOR")
+        inner = Statement(type(node.query).__name__, text, node.query)
+        if inner.kind not in DATA_STATEMENTS or (not prepare and inner.kind != "SelectStmt"):
+            raise Unsupported(f"{stmt.kind} of a {inner.kind} is not supported")
+        data = plan_data(inner, rules)
+        data.text = f"{prefix} {data.text}"
+        hold = not prepare and bool(node.options & _CURSOR_OPT_HOLD)
+        name = node.name if prepare else node.portalname
+        return data, SqlObject("prepare" if prepare else "declare", name, hold=hold)
+    if isinstance(node, ast.ExecuteStmt):
+        args = tuple(_const_text(a) for a in node.params or ())
+        return _Data(stmt.text, False, False, set(), [], []), SqlObject("execute", node.name,
+                                                                         args)
+    if isinstance(node, ast.FetchStmt):
+        return _Data(stmt.text, False, False, set(), [], []), SqlObject("fetch",
+                                                                         node.portalname)
+    if isinstance(node, ast.ClosePortalStmt):
+        return _Data(stmt.text, False, False, set(), [], []), SqlObject("close",
+                                                                         node.portalname)
+    assert isinstance(node, ast.DeallocateStmt)
+    return _Data(stmt.text, False, False, set(), [], []), SqlObject(
+        "deallocate", None if node.isall else node.name)
+
+
+def _const_text(node: ast.Node) -> str | None:
+    if isinstance(node, ast.A_Const) and not node.isnull:
+        value = node.val
+        for attr in ("ival", "fval", "sval"):
+            if hasattr(value, attr):
+                return str(getattr(value, attr))
+    return None
+
+
+_SQL_OBJECT_STATEMENTS = ("PrepareStmt", "ExecuteStmt", "DeclareCursorStmt", "FetchStmt",
+                          "ClosePortalStmt", "DeallocateStmt")
+
+
 def _utility(stmt: Statement, rules: Rules) -> tuple[IdentityAction | None, list[str]]:
     """Allow-listed non-data statements; returns an identity action and channels."""
     node = stmt.node
@@ -183,7 +244,7 @@ def _utility(stmt: Statement, rules: Rules) -> tuple[IdentityAction | None, list
     if isinstance(node, (ast.PrepareStmt, ast.ExecuteStmt, ast.DeclareCursorStmt,
                          ast.FetchStmt)):
         raise Unsupported(f"SQL-level {stmt.kind.removesuffix('Stmt').upper()} is not "
-                          "supported by tenant-proxy", hint=_CURSOR_HINT)
+                          "enabled in the rules file", hint=_CURSOR_HINT)
     if isinstance(node, ast.ExplainStmt):
         raise Unsupported("EXPLAIN is not supported through tenant-proxy",
                           hint="Run EXPLAIN with a migration (bypass) role.")
@@ -325,7 +386,20 @@ def _plan(sql: str, rules: Rules, extended: bool) -> Plan:
     channels: list[str] = []
     relations: list[str] = []
     copy_in: CopyFormat | None = None
+    sql_object: SqlObject | None = None
     for stmt in statements:
+        if rules.sql_prepare and stmt.kind in _SQL_OBJECT_STATEMENTS:
+            if len(statements) > 1:
+                raise Refused(f"{stmt.kind.removesuffix('Stmt').upper()} must be sent on its "
+                              "own")
+            data, sql_object = _sql_object(stmt, rules)
+            texts.append(data.text)
+            changed |= data.changed
+            needs_tenant |= data.needs_tenant
+            params |= data.params
+            literals += data.literals
+            relations += data.relations
+            continue
         if stmt.kind in DATA_STATEMENTS or stmt.kind == "CopyStmt":
             data = plan_data(stmt, rules) if stmt.kind != "CopyStmt" else _copy(stmt, rules)
             texts.append(data.text)
@@ -346,7 +420,7 @@ def _plan(sql: str, rules: Rules, extended: bool) -> Plan:
     parts = tuple("; ".join(texts).split(TENANT_SENTINEL)) if changed else None
     return Plan(parts=parts, needs_tenant=needs_tenant, tenant_params=frozenset(params),
                 tenant_literals=tuple(literals), channels=tuple(channels), kinds=kinds,
-                relations=tuple(relations), copy_in=copy_in)
+                relations=tuple(relations), copy_in=copy_in, sql_object=sql_object)
 
 
 __all__ = ["TENANT_SETTING", "plan_statement"]

@@ -151,6 +151,11 @@ _UNARY_KEYWORDS = frozenset(
 )
 
 
+# Characters that never fuse with an adjacent literal (fast path for _glue()).
+_NEVER_GLUE = frozenset("(),;[]:")
+# After a string literal, only these can start a gap before another string.
+_MAY_PRECEDE_STRING = frozenset(" \t\n\r\f-/'")
+
 _ASCII_IDENT = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_$")
 
 
@@ -292,7 +297,7 @@ def normalize(sql: str, *, standard_conforming_strings: bool = True) -> Normaliz
         end = m.end()
         if pos < n and sql[pos] in _SPACE:
             space = True
-        pos = m.start(kind)
+            pos = m.start(kind)
         if kind == "run":
             lit = None
             tok = sql[pos:end]
@@ -333,9 +338,10 @@ def normalize(sql: str, *, standard_conforming_strings: bool = True) -> Normaliz
         elif kind in ("sq", "es", "us", "bs"):
             # Another string next: continued by the server if a newline intervenes, else a
             # syntax error.  Refuse either way.
-            nxt = _next_token(sql, end)
-            if nxt < 0 or sql.startswith("'", nxt):
-                return None
+            if end < n and sql[end] in _MAY_PRECEDE_STRING:
+                nxt = _next_token(sql, end)
+                if nxt < 0 or sql.startswith("'", nxt):
+                    return None
             lit = sql[pos:end]
         else:
             return None
@@ -345,7 +351,7 @@ def normalize(sql: str, *, standard_conforming_strings: bool = True) -> Normaliz
                 if out:
                     append(" ")
                 space = False
-            elif after_literal and _glue(lits[-1], tok):
+            elif after_literal and tok[0] not in _NEVER_GLUE and _glue(lits[-1], tok):
                 append(" ")
             append(tok)
             after_literal = False
@@ -354,7 +360,7 @@ def normalize(sql: str, *, standard_conforming_strings: bool = True) -> Normaliz
                 if out:
                     append(" ")
                 space = False
-            elif out:
+            elif out and out[-1][-1] not in _NEVER_GLUE:
                 if after_literal:
                     left = lits[-1]
                 elif len(out) > 1:
@@ -396,13 +402,14 @@ def splice(template_parts: Sequence[str], literals: Sequence[str]) -> str:
                 trailing = left[len(left.rstrip(_SPACE)) :]
                 if "\n" in trailing or "\r" in trailing:
                     raise ValueError("string literal after a newline")
-            if _glue(left, lit):
+            if left[-1] not in _NEVER_GLUE and _glue(left, lit):
                 out.append(" ")
         out.append(lit)
         if part:
-            if lit[-1] == "'" and _QUOTE_FOLLOWS.match(part):
+            c = part[0]
+            if lit[-1] == "'" and c in _MAY_PRECEDE_STRING and _QUOTE_FOLLOWS.match(part):
                 raise ValueError("string literal followed by a quote")
-            if _glue(lit, part):
+            if c not in _NEVER_GLUE and _glue(lit, part):
                 out.append(" ")
             out.append(part)
             left = part

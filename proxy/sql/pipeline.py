@@ -88,6 +88,9 @@ class TenantSession:
     local_until: int | None = None
     statements: dict[str, _Prepared] = field(default_factory=dict)
     portals: dict[str, str | None] = field(default_factory=dict)
+    #: SQL-level PREPARE names and DECLAREd cursors (tenant, WITH HOLD).
+    sql_prepared: dict[str, _Prepared] = field(default_factory=dict)
+    cursors: dict[str, tuple[str | None, bool]] = field(default_factory=dict)
     #: Set by the relay before each call: the number of the ReadyForQuery that
     #: will answer the message being inspected.
     rfq_due: int = 0
@@ -149,6 +152,7 @@ class TenantSession:
     def ready(self, status: bytes, number: int) -> None:
         if status == b"I":
             self.portals.clear()
+            self.cursors = {k: v for k, v in self.cursors.items() if v[1]}
             if self.local_until is not None and number >= self.local_until:
                 self.local_until = self.local_tenant = None
 
@@ -190,6 +194,8 @@ class TenantSession:
                 raise Refused(f'channel "{channel}" does not belong to this tenant',
                               hint="Channel names start with "
                                    f"{rules.channel_prefix.format(tenant='<tenant>')}.")
+        if plan.sql_object is not None:
+            self._sql_object(plan, tenant)
         self.copy = None
         if plan.copy_in is not None and tenant is not None:
             self.copy = CopyIn(plan.copy_in, tenant,
@@ -198,6 +204,38 @@ class TenantSession:
             return None
         assert tenant is not None or not plan.needs_tenant
         return plan.render(rules.tenant_literal(tenant) if tenant is not None else "NULL")
+
+    def _sql_object(self, plan: Plan, tenant: str | None) -> None:
+        obj = plan.sql_object
+        assert obj is not None
+        bound = tenant if plan.needs_tenant else None
+        if obj.verb == "prepare" and obj.name is not None:
+            self.sql_prepared[obj.name] = _Prepared(bound, plan.tenant_params)
+        elif obj.verb == "declare" and obj.name is not None:
+            self.cursors[obj.name] = (bound, obj.hold)
+        elif obj.verb == "execute" and obj.name in self.sql_prepared:
+            prepared = self.sql_prepared[obj.name]
+            if prepared.tenant is not None and prepared.tenant != tenant:
+                raise Refused(f'prepared statement "{obj.name}" was prepared for another '
+                              "tenant", hint="PREPARE it again after switching tenant.")
+            for number in prepared.params:
+                arg = obj.args[number - 1] if number <= len(obj.args) else None
+                if arg is None or not self._literal_is_tenant(arg, tenant):
+                    raise Refused(f"parameter ${number} is not this session's tenant",
+                                  hint="Rows cannot be written for another tenant.")
+        elif obj.verb in ("fetch", "close") and obj.name in self.cursors:
+            owner = self.cursors[obj.name][0]
+            if owner is not None and owner != tenant:
+                raise Refused(f'cursor "{obj.name}" was opened for another tenant')
+            if obj.verb == "close":
+                del self.cursors[obj.name]
+        elif obj.verb == "close" and obj.name is None:
+            self.cursors.clear()
+        elif obj.verb == "deallocate":
+            if obj.name is None:
+                self.sql_prepared.clear()
+            else:
+                self.sql_prepared.pop(obj.name, None)
 
     def _literal_is_tenant(self, literal: str, tenant: str | None) -> bool:
         if tenant is None:

@@ -25,6 +25,17 @@ class IdentityAction:
 
 
 @dataclass(frozen=True, slots=True)
+class SqlObject:
+    """A SQL-level prepared statement or cursor the statement creates or uses."""
+
+    verb: str  # prepare, declare, execute, fetch, close, deallocate
+    name: str | None  # None: ALL
+    #: For execute: each argument's literal text (None if not a literal).
+    args: tuple[str | None, ...] = ()
+    hold: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class Plan:
     #: Rewritten text split on the tenant sentinel; None forwards the text as it is.
     parts: tuple[str, ...] | None = None
@@ -39,6 +50,7 @@ class Plan:
     relations: tuple[str, ...] = ()
     #: COPY ... FROM STDIN into a tenant-scoped table: how to fill or check rows.
     copy_in: CopyFormat | None = None
+    sql_object: SqlObject | None = None
 
     def render(self, tenant_literal: str) -> str | None:
         if self.parts is None:
