@@ -122,7 +122,7 @@ class RunningProxy:
 
 @dataclass
 class ProxyErrors(logging.Handler):
-    """Collects ERROR records from the proxy: a crashed session is a bug."""
+    """Collects ERROR records from the proxy; those with a traceback are bugs."""
 
     records: list[logging.LogRecord] = field(default_factory=list)
 
