@@ -56,7 +56,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-__all__ = ["MARKER", "Normalized", "normalize", "splice"]
+__all__ = ["MARKER", "Normalized", "check_template", "normalize", "splice"]
 
 MARKER = "\x00L"
 """Stands for one literal in a key.  PostgreSQL query text can never contain NUL."""
@@ -386,7 +386,11 @@ def splice(template_parts: Sequence[str], literals: Sequence[str]) -> str:
     a space is inserted at such junctions; a key produced by :func:`normalize` never needs
     one.  Raises ``ValueError`` unless ``len(template_parts) == len(literals) + 1``, for an
     empty literal, and where a newline next to a string literal could make the server
-    concatenate it with a neighbouring string.  Parts must not end inside a comment.
+    concatenate it with a neighbouring string.
+
+    ``splice`` does not lex the parts: a slot inside a comment, string or quoted identifier
+    of the template would swallow the literal.  Keys from :func:`normalize` are safe; vet
+    any other template once with :func:`check_template` before caching it.
     """
     if len(template_parts) != len(literals) + 1:
         raise ValueError(
@@ -416,3 +420,39 @@ def splice(template_parts: Sequence[str], literals: Sequence[str]) -> str:
         else:
             left = lit
     return "".join(out)
+
+
+def check_template(template_parts: Sequence[str], key: str) -> bool:
+    """Can this template take the literals of every statement normalized to ``key``?
+
+    For templates that did not come from :func:`normalize` (a rewritten statement split at
+    its literal slots, slot ``i`` holding literal ``i`` of the key); call it once, before
+    caching.  The template is spliced with probe literals and normalized again.  Every
+    probe must come back as a literal of its own, so no slot is inside a comment, string,
+    dollar quote or quoted identifier of the template.  And where the key's slot can hold a
+    negative number (a prefix minus folded into the literal), a negative probe must come
+    back whole, so that the template does not turn it into a subtraction after an operand
+    or apply the minus to a following "::" cast.
+    """
+    key_parts = key.split(MARKER)
+    slots = len(key_parts) - 1
+    if len(template_parts) != slots + 1:
+        return False
+    positive = [str(900000001 + i) for i in range(slots)]
+    negative = ["-" + probe for probe in positive]
+    folded = normalize(splice(key_parts, negative))
+    if folded is None:
+        return False
+    may_be_negative = set(folded.literals)
+    mixed = [neg if neg in may_be_negative else pos for pos, neg in zip(positive, negative)]
+    for probes in (positive, mixed):
+        try:
+            result = normalize(splice(template_parts, probes))
+        except ValueError:
+            return False
+        if result is None:
+            return False
+        found = iter(result.literals)
+        if not all(any(lit == probe for lit in found) for probe in probes):
+            return False
+    return True

@@ -11,6 +11,7 @@ crossing a tenant switch.
 from __future__ import annotations
 
 import re
+import time
 import uuid
 from dataclasses import dataclass, field
 
@@ -296,6 +297,9 @@ class TenantSession:
             if verifier is None:
                 raise TokenError("no token keys are configured in the rules file")
             claims = verifier.verify(value, role=self.role)
+            if claims.expires - time.time() > rules.tokens.max_ttl:
+                raise TokenError(f"tenant token is valid for longer than tokens.max_ttl "
+                                 f"({rules.tokens.max_ttl} s)")
             return rules.check_tenant(claims.tenant)
         except (TokenError, ValueError) as exc:
             self.tenant = self.local_tenant = None
