@@ -1,0 +1,63 @@
+"""The plan cache: hits skip planning, LRU eviction, flushed on rules reload, and
+plans are tenant-independent templates."""
+
+from __future__ import annotations
+
+import pytest
+
+from proxy.errors import Refused
+from proxy.policy.rules import parse_rules
+from proxy.sql.pipeline import Engine, open_session
+
+RULES = """
+version: 1
+tables:
+  orders: {scope: tenant}
+  countries: {scope: shared}
+users:
+  a: {identity: bound, tenant: 1}
+  b: {identity: bound, tenant: 2}
+"""
+
+
+def test_hits_misses_and_one_plan_for_every_tenant() -> None:
+    engine = Engine(parse_rules(RULES))
+    one, _ = open_session(engine, "a", {})
+    two, _ = open_session(engine, "b", {})
+    sql = "SELECT id FROM orders WHERE total > 10"
+    first, second = one.query(sql), two.query(sql)
+    assert engine.cache.misses == 1 and engine.cache.hits == 1 and len(engine.cache) == 1
+    assert first is not None and second is not None
+    assert first.replace('"tenant_id" = 1', '"tenant_id" = 2') == second
+
+
+def test_lru_eviction() -> None:
+    engine = Engine(parse_rules(RULES), cache_size=2)
+    session, _ = open_session(engine, "a", {})
+    for sql in ("SELECT 1", "SELECT 2", "SELECT 1", "SELECT 3"):
+        session.query(sql)
+    assert engine.cache.evictions == 1
+    session.query("SELECT 1")  # most recently used before SELECT 3: still cached
+    assert engine.cache.hits == 2
+    session.query("SELECT 2")  # evicted
+    assert engine.cache.misses == 4
+
+
+def test_reload_flushes_and_changes_the_key() -> None:
+    engine = Engine(parse_rules(RULES))
+    session, _ = open_session(engine, "a", {})
+    assert session.query("SELECT code FROM countries") is None
+    engine.swap(parse_rules(RULES.replace("countries: {scope: shared}",
+                                          "countries: {scope: deny}")))
+    assert len(engine.cache) == 0
+    with pytest.raises(Refused, match="denied"):
+        session.query("SELECT code FROM countries")
+
+
+def test_identity_statements_are_never_cached() -> None:
+    engine = Engine(parse_rules(RULES.replace("a: {identity: bound, tenant: 1}",
+                                              "a: {identity: trusted}")))
+    session, _ = open_session(engine, "a", {})
+    assert session.query("SET tenant_proxy.tenant = '5'") == \
+        "SET tenant_proxy.tenant = '5'"
+    assert len(engine.cache) == 0 and session.current == "5"
