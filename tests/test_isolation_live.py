@@ -348,3 +348,18 @@ def test_sql_prepare_and_cursors_are_scoped_and_tied_to_the_tenant(
             cur.execute("SELECT email FROM users ORDER BY id")
             two = [r[0] for r in cur.fetchall()]
         assert two and all(e.endswith("@globex.test") for e in two)
+
+
+def test_sessions_need_standard_conforming_strings(iso: RunningProxy, db: Database) -> None:
+    """With it off the server would read 'a\\' OR ...' differently from the proxy."""
+    with psycopg.connect(db.dsn(db.superuser, CORPUS_DB), autocommit=True) as admin:
+        admin.execute("ALTER ROLE postgres IN DATABASE corpus SET standard_conforming_strings "
+                      "= off")
+        try:
+            with pytest.raises(psycopg.OperationalError, match="standard_conforming_strings"):
+                psycopg.connect(dsn(iso, "acme"))
+            with psycopg.connect(dsn(iso, "migrator")) as bypass:  # forwarded as is
+                assert bypass.execute("SELECT 1").fetchone() == (1,)
+        finally:
+            admin.execute("ALTER ROLE postgres IN DATABASE corpus RESET "
+                          "standard_conforming_strings")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import random
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import pglast
 import pytest
@@ -21,7 +21,7 @@ from pglast import parser as pgparser
 from sqlglot.tokens import TokenType
 
 from proxy.sql import normalize as nz
-from proxy.sql.normalize import MARKER, Normalized, normalize, splice
+from proxy.sql.normalize import MARKER, Normalized, check_template, normalize, splice
 
 M = MARKER
 
@@ -68,9 +68,9 @@ EXAMPLES: list[tuple[str, str, tuple[str, ...]]] = [
     # dollar quotes, containing quotes, semicolons, comments and other dollar signs
     ("SELECT $$x$$, $tag$y$tag$", "SELECT ?, ?", ("$$x$$", "$tag$y$tag$")),
     (
-        "SELECT $a$ it's; -- /* \"q\" $ $b$ $$ $a$ FROM t",
+        'SELECT $a$ it\'s; -- /* "q" $ $b$ $$ $a$ FROM t',
         "SELECT ? FROM t",
-        ("$a$ it's; -- /* \"q\" $ $b$ $$ $a$",),
+        ('$a$ it\'s; -- /* "q" $ $b$ $$ $a$',),
     ),
     ("SELECT $_1$x$_1$, $é$y$é$, $$$$", "SELECT ?, ?, ?", ("$_1$x$_1$", "$é$y$é$", "$$$$")),
     # bit strings
@@ -91,7 +91,11 @@ EXAMPLES: list[tuple[str, str, tuple[str, ...]]] = [
     ),
     # negative numbers: prefix minus belongs to the literal ...
     ("SELECT -1", "SELECT ?", ("-1",)),
-    ("SELECT a = -1, a=-2, (-3), f(x, -4)", "SELECT a = ?, a=?, (?), f(x, ?)", ("-1", "-2", "-3", "-4")),
+    (
+        "SELECT a = -1, a=-2, (-3), f(x, -4)",
+        "SELECT a = ?, a=?, (?), f(x, ?)",
+        ("-1", "-2", "-3", "-4"),
+    ),
     ("SELECT x IN (-1, -2.5e3)", "SELECT x IN (?, ?)", ("-1", "-2.5e3")),
     ("SELECT * FROM t LIMIT -1 OFFSET -2", "SELECT * FROM t LIMIT ? OFFSET ?", ("-1", "-2")),
     (
@@ -110,11 +114,19 @@ EXAMPLES: list[tuple[str, str, tuple[str, ...]]] = [
     ("SELECT a[1:-1]", "SELECT a[?:?]", ("1", "-1")),
     # ... binary minus stays an operator
     ("SELECT a-1, a - 1, a -1, 3 -1", "SELECT a-?, a - ?, a -?, ? -?", ("1", "1", "1", "3", "1")),
-    ("SELECT (a)-1, a[1]-1, $1 -1, 'a' -1", "SELECT (a)-?, a[?]-?, $1 -?, ? -?", ("1", "1", "1", "1", "'a'", "1")),
+    (
+        "SELECT (a)-1, a[1]-1, $1 -1, 'a' -1",
+        "SELECT (a)-?, a[?]-?, $1 -?, ? -?",
+        ("1", "1", "1", "1", "'a'", "1"),
+    ),
     ("SELECT t.limit -1, x::int -1", "SELECT t.limit -?, x::int -?", ("1", "1")),
     ("SELECT CASE WHEN a THEN 1 END -1", "SELECT CASE WHEN a THEN ? END -?", ("1", "1")),
     ("SELECT * -1, 2 * -1", "SELECT * -?, ? * -?", ("1", "2", "1")),
-    ("SELECT between -1, x BETWEEN -1 AND 2", "SELECT between -?, x BETWEEN -? AND ?", ("1", "1", "2")),
+    (
+        "SELECT between -1, x BETWEEN -1 AND 2",
+        "SELECT between -?, x BETWEEN -? AND ?",
+        ("1", "1", "2"),
+    ),
     # ... and operators the server lexes as one token keep their minus
     ("SELECT a@-1, a!=-1, a||-1", "SELECT a@-?, a!=-?, a||-?", ("1", "1", "1")),
     # ... and a cast binds tighter than prefix minus: -1::int is -(1::int)
@@ -148,9 +160,7 @@ def test_examples(sql: str, key: str | None, literals: tuple[str, ...]) -> None:
         assert result is None
         return
     assert result == Normalized(k(key), literals)
-    assert splice(result.key.split(M), result.literals) == k(key).replace(M, "{}").format(
-        *literals
-    )
+    assert splice(result.key.split(M), result.literals) == k(key).replace(M, "{}").format(*literals)
     _assert_pg_lexer_agrees(sql, result)
 
 
@@ -184,7 +194,7 @@ UNSAFE = [
     "SELECT \x7f",
     # UESCAPE
     "SELECT U&'d!0061t' UESCAPE '!'",
-    'SELECT U&"d!0061t" uescape \'!\'',
+    "SELECT U&\"d!0061t\" uescape '!'",
     # NUL
     "SELECT '\x00'",
     "SELECT 1\x00",
@@ -264,7 +274,11 @@ def test_splice_basics() -> None:
         (["SELECT u&", ""], ["'x'"], "SELECT u& 'x'"),
         (["SELECT a", ""], ["$$x$$"], "SELECT a $$x$$"),
         # ... but harmless junctions are left alone
-        (["SELECT a=", ", date", "::int, ", ""], ["-1", "'x'", "1"], "SELECT a=-1, date'x'::int, 1"),
+        (
+            ["SELECT a=", ", date", "::int, ", ""],
+            ["-1", "'x'", "1"],
+            "SELECT a=-1, date'x'::int, 1",
+        ),
     ],
 )
 def test_splice_separates(parts: list[str], literals: list[str], expected: str) -> None:
@@ -278,6 +292,76 @@ def test_splice_refuses_string_continuation() -> None:
         splice(["SELECT ", "\n'b'"], ["'a'"])
     with pytest.raises(ValueError):
         splice(["SELECT ", " -- c\n'b'"], ["'a'"])
+
+
+CHECK_KEY = k("SELECT * FROM t WHERE a = ? AND b = ?::date")  # from "a = -1 AND b = '...'"
+
+
+@pytest.mark.parametrize(
+    ("parts", "ok"),
+    [
+        (CHECK_KEY.split(M), True),
+        (["SELECT * FROM t WHERE a = ", " AND b = CAST(", " AS date) AND tenant = 'acme'"], True),
+        (["SELECT * FROM t WHERE (a = ", ") AND b = ", "::date -- tenant filter"], True),
+        # slot 0 takes negative numbers: not in front of a cast, not after an operand
+        (["SELECT * FROM t WHERE a = ", "::int AND b = ", ""], False),
+        (["SELECT * FROM t WHERE a = x ", " AND b = ", ""], False),
+        # slots inside a comment, a string, a quoted identifier, a dollar quote
+        (["SELECT * FROM t WHERE a = ", " -- x AND b = ", ""], False),
+        (["SELECT * FROM t WHERE a = ", " AND b = '", "'"], False),
+        (["SELECT * FROM t WHERE a = ", ' AND "b', '" = 1'], False),
+        (["SELECT * FROM t WHERE a = ", " AND b = $$", "$$"], False),
+        (["SELECT * FROM t WHERE a = ", " AND b = /* ", " */ 1"], False),
+        # wrong number of slots
+        (["SELECT * FROM t WHERE a = ", ""], False),
+    ],
+)
+def test_check_template(parts: list[str], ok: bool) -> None:
+    assert check_template(parts, CHECK_KEY) is ok
+
+
+def test_splice_into_checked_templates_keeps_literals_whole() -> None:
+    """Whatever the template, once check_template() accepts it, splice() puts every literal
+    into the text as exactly one token of the server's lexer ("-N": "-" then N)."""
+    rng = random.Random(11)
+    literals = [
+        "1", "-1", ".5", "5.", "1e3", "-2.5", "'a'", "''", "'a\\'", "E'a\\'b'", "e'\\\\'",
+        "U&'x'", "$$x$$", "$a$x$a$", "B'1'", "X'1'", "'it''s'",
+    ]  # fmt: skip
+    chunks = [
+        "a", "e", "E", "u", "U", "&", "$", "1", ".", "=", "@", "-", "+", "*", "(", ")", " ",
+        ",", "::", "b", "x", "n", '"q"', "$1", "'s'", "\n", "<", "|", "e1", "t1", "/", "%",
+    ]  # fmt: skip
+    checked = 0
+    for _ in range(20000):
+        slots = rng.randint(1, 4)
+        parts = ["".join(rng.choices(chunks, k=rng.randint(0, 4))) for _ in range(slots + 1)]
+        if not check_template(parts, M.join(parts)):
+            continue
+        lits = rng.choices(literals, k=slots)
+        try:
+            text = splice(parts, lits)
+        except ValueError:
+            continue
+        try:
+            tokens = {t.start: t for t in pgparser.scan(text)}
+        except pglast.parser.ParseError:
+            continue
+        pos = len(parts[0])
+        for lit, part in zip(lits, parts[1:], strict=True):
+            pos += text.startswith(" ", pos) and not text.startswith(lit, pos)
+            assert text.startswith(lit, pos)
+            first = tokens[pos]
+            if lit[0] == "-":
+                assert first.name == "ASCII_45" and first.end == pos
+                first = tokens[pos + 1]
+            assert first.name in PG_CONSTS and first.end == pos + len(lit) - 1, (parts, lits)
+            pos += len(lit)
+            pos += bool(part) and text.startswith(" ", pos) and not text.startswith(part, pos)
+            pos += len(part)
+        assert pos == len(text)
+        checked += 1
+    assert checked > 2000
 
 
 def test_unary_keywords_are_reserved() -> None:
@@ -532,8 +616,7 @@ def test_same_template_same_key(pair: tuple[str, str, list[str], list[str]]) -> 
     assert a.key == b.key
     assert list(a.literals) == lits_a
     assert list(b.literals) == lits_b
-    # and the key does not depend on the literal values at all
-    assert M not in a.key.replace(M, "") and a.key.count(M) == len(lits_a)
+    assert a.key.count(M) == len(lits_a)
     # b's literals spliced into a's key is exactly b, modulo whitespace and comments
     assert splice(a.key.split(M), b.literals) == b.key.replace(M, "{}").format(*lits_b)
     assert _ast(splice(a.key.split(M), b.literals)) == _ast(sql_b)
@@ -555,7 +638,6 @@ class Generated:
     collapsed: str
     statements: int
     semicolons: int
-    tokens: list[Tok] = field(repr=False)
 
 
 SEPARATORS = [
@@ -589,7 +671,7 @@ class Grammar:
     def __init__(self, draw: st.DrawFn) -> None:
         self.draw = draw
 
-    def choice(self, options: list):  # noqa: ANN201
+    def choice(self, options: list[str]) -> str:
         return self.draw(st.sampled_from(options))
 
     def literal(self, unary: bool) -> list[Tok]:
@@ -619,7 +701,10 @@ class Grammar:
             lit = self.literal(False) if unary else [Tok(self.draw(NUMBER), "lit")]
             return [*lit, Tok("::", "cast"), Tok(self.choice(TYPES), "kw")]
         if which == "typed":
-            return [Tok(self.choice(["DATE", "int", "INTERVAL"]), "kw"), Tok(self.draw(STRING), "lit")]
+            return [
+                Tok(self.choice(["DATE", "int", "INTERVAL"]), "kw"),
+                Tok(self.draw(STRING), "lit"),
+            ]
         if which == "paren":
             return [Tok("(", "p"), *self.expr(depth + 1), Tok(")", "p")]
         if which == "func":
@@ -648,7 +733,11 @@ class Grammar:
     def cond(self, depth: int) -> list[Tok]:
         which = self.choice(["cmp", "cmp", "in", "null", "and", "not"] if depth < 2 else ["cmp"])
         if which == "cmp":
-            return [*self.expr(depth + 1), Tok(self.choice(["=", "<", ">"]), "op"), *self.expr(depth + 1)]
+            return [
+                *self.expr(depth + 1),
+                Tok(self.choice(["=", "<", ">"]), "op"),
+                *self.expr(depth + 1),
+            ]
         if which == "in":
             toks = [*self.expr(depth + 1), Tok("IN", "kw"), Tok("(", "p")]
             for i in range(self.draw(st.integers(1, 3))):
@@ -709,7 +798,7 @@ def generated_sql(draw: st.DrawFn) -> Generated:
         sql += tok.text
         collapsed += tok.text
     sql += draw(st.sampled_from(["", *SEPARATORS]))
-    return Generated(sql, literals, offsets, collapsed, n, semicolons, toks)
+    return Generated(sql, literals, offsets, collapsed, n, semicolons)
 
 
 GRAMMAR_SETTINGS = settings(
@@ -764,9 +853,7 @@ def _sqlglot_literals(sql: str) -> list[tuple[str, bool, object]]:
             if prev.token_type == TokenType.DOT:
                 start = prev.start
                 prev = tokens[i - 2] if i > 1 else None
-        dash = (
-            prev is not None and prev.token_type == TokenType.DASH and prev.end + 1 == start
-        )
+        dash = prev is not None and prev.token_type == TokenType.DASH and prev.end + 1 == start
         out.append((sql[start : tok.end + 1], dash, tok))
     return out
 
@@ -777,25 +864,30 @@ def _sqlglot_value(lit: str) -> str:
         return lit[1:-1].replace("''", "'")
     if lit[0] == "$":
         tag_end = lit.index("$", 1) + 1
-        return lit[tag_end : -tag_end]
+        return lit[tag_end:-tag_end]
     if lit[0] in "bBxX":
         return lit[2:-1]
     return lit
 
 
-# sqlglot takes "$1+$" in "$1+$2" (or "$1::int+$2") for the start of a dollar-quoted string
-# and fails; PostgreSQL lexes parameter, operator, parameter.  Such text is left out here
-# (the PostgreSQL lexer test above covers it).
-_SQLGLOT_PARAM_BUG = re.compile(r"\$[0-9]+[^\s$]*\$")
+# sqlglot 30.30's tokenizer fails on some text with parameters that PostgreSQL lexes fine:
+# "$1+$2" and "$1::int+$2" (it takes "$1+$" for a dollar-quote tag) and a parameter followed
+# later by an empty string ("$1 + ''").  Such examples are left out here when sqlglot
+# raises; the PostgreSQL lexer test above covers them.
+_PARAM = re.compile(r"\$[0-9]")
 
 
 @GRAMMAR_SETTINGS
 @given(generated_sql())
 def test_grammar_literals_match_sqlglot(g: Generated) -> None:
-    assume(not _SQLGLOT_PARAM_BUG.search(g.sql))
     result = normalize(g.sql)
     assert result is not None
-    theirs = _sqlglot_literals(g.sql)
+    try:
+        theirs = _sqlglot_literals(g.sql)
+    except sqlglot.errors.TokenError:
+        if not _PARAM.search(g.sql):
+            raise
+        assume(False)
     assert len(theirs) == len(result.literals), (g.sql, theirs, result.literals)
     for ours, (text, after_dash, token) in zip(result.literals, theirs, strict=True):
         if ours.startswith("-"):
@@ -834,6 +926,7 @@ def test_grammar_splice_reproduces_statement(g: Generated) -> None:
     assert _ast(spliced) == _ast(g.sql)
     # idempotent
     assert normalize(spliced) == result
+    assert check_template(result.key.split(M), result.key)
 
 
 @GRAMMAR_SETTINGS
@@ -858,17 +951,117 @@ def test_grammar_shared_key_means_same_structure(g: Generated) -> None:
 # ---------------------------------------------------------------------------------------
 # Fuzzing with token soup against PostgreSQL's lexer and parser
 SOUP = [
-    "'", '"', "$", "-", "*", "/", "\n", " ", " ", "a", "e", "E", "u", "U", "&", "b", "x",
-    "1", "0", ".", ";", "(", ")", "=", "@", "+", "\\", "t", "$$", "$a$", "--", "/*", "*/",
-    "''", "e'", "U&'", "é", ":", "::", "E'", "B'", "<", "|", "'x'", '"y"', "\r", "$1",
-    "1.5", ".5", "5.", "1e3", "-1",
+    "'",
+    '"',
+    "$",
+    "-",
+    "*",
+    "/",
+    "\n",
+    " ",
+    " ",
+    "a",
+    "e",
+    "E",
+    "u",
+    "U",
+    "&",
+    "b",
+    "x",
+    "1",
+    "0",
+    ".",
+    ";",
+    "(",
+    ")",
+    "=",
+    "@",
+    "+",
+    "\\",
+    "t",
+    "$$",
+    "$a$",
+    "--",
+    "/*",
+    "*/",
+    "''",
+    "e'",
+    "U&'",
+    "é",
+    ":",
+    "::",
+    "E'",
+    "B'",
+    "<",
+    "|",
+    "'x'",
+    '"y"',
+    "\r",
+    "$1",
+    "1.5",
+    ".5",
+    "5.",
+    "1e3",
+    "-1",
 ]
 KEYWORD_SOUP = [
-    "SELECT", "WHERE", "AND", "OR", "NOT", "THEN", "ELSE", "WHEN", "CASE", "END", "IN",
-    "LIMIT", "OFFSET", "FROM", "AS", "BETWEEN", "IS", "NULL", "TRUE", "DEFAULT", "t", "x",
-    "t.x", "t.limit", "f(", "(", ")", ",", "-", "-", "- ", "=", "<", "*", "+", "::int",
-    "1", "2.5", "'s'", "$1", "[1]", "||", "@", "ALL", "DISTINCT", "ON", "TO", "FOR", "BY",
-    "ORDER BY", "SYMMETRIC", "AT TIME ZONE", "COLLATE \"C\"", "'a'", "E'b'", ".", "a",
+    "SELECT",
+    "WHERE",
+    "AND",
+    "OR",
+    "NOT",
+    "THEN",
+    "ELSE",
+    "WHEN",
+    "CASE",
+    "END",
+    "IN",
+    "LIMIT",
+    "OFFSET",
+    "FROM",
+    "AS",
+    "BETWEEN",
+    "IS",
+    "NULL",
+    "TRUE",
+    "DEFAULT",
+    "t",
+    "x",
+    "t.x",
+    "t.limit",
+    "f(",
+    "(",
+    ")",
+    ",",
+    "-",
+    "-",
+    "- ",
+    "=",
+    "<",
+    "*",
+    "+",
+    "::int",
+    "1",
+    "2.5",
+    "'s'",
+    "$1",
+    "[1]",
+    "||",
+    "@",
+    "ALL",
+    "DISTINCT",
+    "ON",
+    "TO",
+    "FOR",
+    "BY",
+    "ORDER BY",
+    "SYMMETRIC",
+    "AT TIME ZONE",
+    'COLLATE "C"',
+    "'a'",
+    "E'b'",
+    ".",
+    "a",
 ]
 
 

@@ -34,13 +34,30 @@ def test_hits_misses_and_one_plan_for_every_tenant() -> None:
 def test_lru_eviction() -> None:
     engine = Engine(parse_rules(RULES), cache_size=2)
     session, _ = open_session(engine, "a", {})
-    for sql in ("SELECT 1", "SELECT 2", "SELECT 1", "SELECT 3"):
+    one, two, three = ("SELECT code FROM countries", "SELECT name FROM countries",
+                       "SELECT id FROM orders")
+    for sql in (one, two, one, three):
         session.query(sql)
     assert engine.cache.evictions == 1
-    session.query("SELECT 1")  # most recently used before SELECT 3: still cached
+    session.query(one)  # used more recently than the second: still cached
     assert engine.cache.hits == 2
-    session.query("SELECT 2")  # evicted
+    session.query(two)  # evicted
     assert engine.cache.misses == 4
+
+
+def test_literals_share_one_template() -> None:
+    engine = Engine(parse_rules(RULES))
+    session, _ = open_session(engine, "a", {})
+    first = session.query("SELECT id FROM orders WHERE id = 1 AND note = 'x'")
+    second = session.query("SELECT id FROM orders WHERE id = -22 AND note = 'it''s'")
+    assert engine.cache.misses == 1 and engine.cache.hits == 1
+    assert first is not None and second is not None
+    assert first.endswith("WHERE id = 1 AND note = 'x'")
+    assert second.endswith("WHERE id = -22 AND note = 'it''s'")
+    with pytest.raises(Refused, match="tenant value 2"):
+        session.query("INSERT INTO orders (tenant_id, note) VALUES (2, 'x')")
+    assert session.query("INSERT INTO orders (tenant_id, note) VALUES (1, 'x')") == \
+        "INSERT INTO orders (tenant_id, note) VALUES (1, 'x')"
 
 
 def test_reload_flushes_and_changes_the_key() -> None:
@@ -60,4 +77,5 @@ def test_identity_statements_are_never_cached() -> None:
     session, _ = open_session(engine, "a", {})
     assert session.query("SET tenant_proxy.tenant = '5'") == \
         "SET tenant_proxy.tenant = '5'"
-    assert len(engine.cache) == 0 and session.current == "5"
+    assert session.current == "5"
+    assert not any("'5'" in key[2] for key in engine.cache._entries)

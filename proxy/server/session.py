@@ -34,7 +34,7 @@ from proxy.wire.frontend import (
     StartupMessage,
     decode_startup,
 )
-from proxy.wire.relay import Relay
+from proxy.wire.relay import Relay, check_server_parameter
 
 log = logging.getLogger("tenant_proxy.session")
 
@@ -180,6 +180,9 @@ class Session:
         self.upstream = await open_upstream(up, upstream_params,
                                             timeout=self.limits.upstream_connect_timeout,
                                             max_message_size=self.limits.max_message_size)
+        if self.hook.inspects:
+            for raw in self.upstream.parameter_status:
+                check_server_parameter(be.ParameterStatus.decode(FieldReader(raw[5:], "S")))
         self.cancel_key = self.state.cancels.register(self._cancel_upstream)
         self.writer.write(b"".join([
             be.Authentication(be.AUTH_OK).encode(),

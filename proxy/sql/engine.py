@@ -104,7 +104,7 @@ def plan_data(stmt: Statement, rules: Rules) -> _Data:
         return _Data(stmt.text, False, False, set(), [], relations)
     try:
         trees = sqlglot.parse(stmt.text, read="postgres")
-    except SqlglotError as exc:
+    except Exception as exc:  # sqlglot raises more than ParseError on odd input
         raise Unsupported("tenant-proxy cannot analyze this statement",
                           detail=str(exc).splitlines()[0][:200],
                           hint="Statements the proxy cannot prove safe are refused.") from exc
@@ -118,7 +118,11 @@ def plan_data(stmt: Statement, rules: Rules) -> _Data:
         raise Unsupported("tenant-proxy cannot analyze this statement",
                           detail="its parsers disagree on the relations it references")
     changed = result.needs_tenant
-    text = tree.sql(dialect="postgres") if changed else stmt.text
+    try:
+        text = tree.sql(dialect="postgres") if changed else stmt.text
+    except (SqlglotError, ValueError) as exc:
+        raise Unsupported("tenant-proxy cannot rewrite this statement",
+                          detail=str(exc).splitlines()[0][:200]) from exc
     if changed:
         try:
             pglast.parse_sql(text.replace(TENANT_SENTINEL, "0"))

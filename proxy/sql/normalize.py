@@ -4,7 +4,8 @@
 key in which every literal constant is replaced by :data:`MARKER`, plus the source text
 of each literal, in order.  ``SELECT * FROM t WHERE aid = 1`` and ``... WHERE aid = 2``
 therefore share the key ``SELECT * FROM t WHERE aid = \\x00L`` and a cached, rewritten
-template can be reused with :func:`splice`.
+template can be reused with :func:`splice`.  :func:`check_template` vets, once, a template
+that did not come straight from a key.
 
 The scanner mirrors PostgreSQL's lexer (``src/backend/parser/scan.l``).  Any text that it
 cannot tokenize *with certainty* makes :func:`normalize` return ``None`` and the caller
@@ -31,7 +32,7 @@ strings ``N'...'`` (the server lexes them as ``NCHAR`` + string); numbers direct
 by identifier characters (``0x1F``, ``1_000``, ``0o7``, ``123abc``, ``1e`` -- errors in
 PostgreSQL 15, different literals in 16+); parameters followed by identifier characters;
 ``..``; a lone ``$``; ``\\`` outside strings; ``{``, ``}``, vertical tab and other control
-characters; ``Unicode`` strings when ``standard_conforming_strings`` is off.
+characters; Unicode strings when ``standard_conforming_strings`` is off.
 
 The key keeps keywords, identifiers (plain, ``"quoted"``, ``U&"..."``), parameters
 (``$1``), operators and punctuation exactly as written.  Comments become whitespace, runs
@@ -42,7 +43,9 @@ space, so ``splice(key.split(MARKER), literals)`` never changes the text of a ke
 
 The key does not say which *kind* of literal filled a slot: ``a = 1``, ``a = '1'`` and
 ``a = -1`` share a key.  The literal's first character identifies its kind if a caller
-needs to keep them apart.
+needs to keep them apart.  Statements sharing a key parse alike up to constant values
+(PostgreSQL folds the prefix minus of ``-1`` into the constant), but a plan may only be
+shared if nothing in it depends on a literal's value or kind.
 
 The caller must only use this while the session's ``standard_conforming_strings`` is on
 (the server reports it in ``ParameterStatus``) or pass
@@ -444,7 +447,9 @@ def check_template(template_parts: Sequence[str], key: str) -> bool:
     if folded is None:
         return False
     may_be_negative = set(folded.literals)
-    mixed = [neg if neg in may_be_negative else pos for pos, neg in zip(positive, negative)]
+    mixed = [
+        neg if neg in may_be_negative else pos for pos, neg in zip(positive, negative, strict=True)
+    ]
     for probes in (positive, mixed):
         try:
             result = normalize(splice(template_parts, probes))

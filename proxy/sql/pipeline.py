@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from proxy.errors import InvalidAuthorization, PgError, Refused
 from proxy.policy.rules import Rules, UserRule
@@ -22,7 +22,9 @@ from proxy.sql.builtins import SAFE_SETTINGS
 from proxy.sql.copyin import CopyIn
 from proxy.sql.engine import TENANT_SETTING, plan_statement
 from proxy.sql.hooks import PassThrough, StatementHook
+from proxy.sql.normalize import MARKER, check_template, normalize, splice
 from proxy.sql.plan import IdentityAction, Plan, PlanCache
+from proxy.sql.rewrite import TENANT_SENTINEL
 from proxy.wire.fields import FieldReader, decode_text
 from proxy.wire.frontend import Bind, Close, Parse
 
@@ -60,6 +62,30 @@ class Engine:
         self.rules = rules
         self.cache.clear()
 
+    def plan_query(self, sql: str) -> tuple[Plan, tuple[str, ...] | None]:
+        """The plan for a simple-protocol Query, shared across literal values.
+
+        Returns the plan and, when it is a template, the statement's literals. The
+        literal normalizer makes ``aid = 1`` and ``aid = 2`` one cache entry; the
+        plan is made once from the text with each literal as a parameter, so its
+        checks see them as values to verify, never as SQL. Anything the
+        normalizer or that planning cannot handle falls back to exact text.
+        """
+        if TENANT_SENTINEL in sql:
+            return self.plan(sql, extended=False), None
+        norm = normalize(sql)
+        if norm is None or not norm.literals or _PARAMETER.search(norm.key):
+            return self.plan(sql, extended=False), None
+        rules = self.rules
+        key = (rules.version, "N", norm.key)
+        plan = self.cache.get(key)
+        if plan is None:
+            plan = _template_plan(norm.key, rules)
+            self.cache.put(key, plan)
+        if plan is _EXACT:
+            return self.plan(sql, extended=False), None
+        return plan, norm.literals
+
     def plan(self, sql: str, *, extended: bool) -> Plan:
         rules = self.rules
         key = (rules.version, "P" if extended else "Q", sql)
@@ -69,6 +95,30 @@ class Engine:
             if plan.identity is None:  # never keep token text in the cache
                 self.cache.put(key, plan)
         return plan
+
+
+_PARAMETER = re.compile(r"\$\d")
+_SLOT = re.compile(r"\$(\d+)")
+#: Cached under a normalized key: plan this statement by its exact text instead.
+_EXACT = Plan()
+
+
+def _template_plan(key: str, rules: Rules) -> Plan:
+    parts = key.split(MARKER)
+    text = splice(parts, [f"${i}" for i in range(1, len(parts))])
+    plan = plan_statement(text, rules)
+    if plan.error is not None or plan.identity is not None or plan.sql_object is not None \
+            or plan.copy_in is not None or plan.channels or plan.tenant_literals:
+        return _EXACT
+    if plan.parts is None:
+        return plan  # forwarded as written: only the decision is shared
+    rewritten = TENANT_SENTINEL.join(plan.parts)
+    if [int(n) for n in _SLOT.findall(rewritten)] != list(range(1, len(parts))):
+        return _EXACT
+    template = tuple(_SLOT.split(rewritten)[::2])
+    if not check_template(template, key):
+        return _EXACT
+    return replace(plan, parts=None, template=template)
 
 
 @dataclass
@@ -108,7 +158,8 @@ class TenantSession:
     # --- StatementHook ------------------------------------------------------------
 
     def query(self, sql: str) -> str | None:
-        return self._apply(self.engine.plan(sql, extended=False))
+        plan, literals = self.engine.plan_query(sql)
+        return self._apply(plan, literals)
 
     def parse(self, message: Parse) -> Parse | None:
         plan = self.engine.plan(message.sql, extended=True)
@@ -177,7 +228,7 @@ class TenantSession:
 
     # --- plans ---------------------------------------------------------------------
 
-    def _apply(self, plan: Plan) -> str | None:
+    def _apply(self, plan: Plan, literals: tuple[str, ...] | None = None) -> str | None:
         if plan.identity is not None:
             return self._identity(plan.identity)
         if plan.error is not None:
@@ -186,7 +237,11 @@ class TenantSession:
         rules = self.engine.rules
         if plan.needs_tenant and tenant is None:
             raise Refused("no tenant is set for this session", hint=_NO_TENANT_HINT)
-        for literal in plan.tenant_literals:
+        checked = list(plan.tenant_literals)
+        if literals is not None:
+            checked += [_literal_value(literals[n - 1]) or literals[n - 1]
+                        for n in plan.tenant_params]
+        for literal in checked:
             if not self._literal_is_tenant(literal, tenant):
                 raise Refused(f"tenant value {literal[:40]} is not this session's tenant",
                               hint="Rows cannot be written for another tenant.")
@@ -201,10 +256,12 @@ class TenantSession:
         if plan.copy_in is not None and tenant is not None:
             self.copy = CopyIn(plan.copy_in, tenant,
                                quote_tenant=rules.tenant_type not in ("bigint", "integer"))
+        tenant_sql = rules.tenant_literal(tenant) if tenant is not None else "NULL"
+        if plan.template is not None and literals is not None:
+            return splice(plan.template, literals).replace(TENANT_SENTINEL, tenant_sql)
         if plan.parts is None:
             return None
-        assert tenant is not None or not plan.needs_tenant
-        return plan.render(rules.tenant_literal(tenant) if tenant is not None else "NULL")
+        return plan.render(tenant_sql)
 
     def _sql_object(self, plan: Plan, tenant: str | None) -> None:
         obj = plan.sql_object
@@ -306,6 +363,13 @@ class TenantSession:
             self.local_until = None
             raise InvalidToken(f"invalid tenant token: {exc}",
                                hint="The session now has no tenant.") from exc
+
+
+def _literal_value(literal: str) -> str | None:
+    """The value of a plain number or standard string literal, else None."""
+    if literal.startswith("'") and literal.endswith("'") and len(literal) >= 2:
+        return literal[1:-1].replace("''", "'")
+    return literal if re.fullmatch(r"-?\d+", literal) else None
 
 
 def _parse_options(options: str) -> list[tuple[str, str]]:

@@ -51,6 +51,9 @@ class Plan:
     #: COPY ... FROM STDIN into a tenant-scoped table: how to fill or check rows.
     copy_in: CopyFormat | None = None
     sql_object: SqlObject | None = None
+    #: For plans shared by statements differing only in literals: the rewritten
+    #: text split at the literal slots (the tenant still as the sentinel).
+    template: tuple[str, ...] | None = None
 
     def render(self, tenant_literal: str) -> str | None:
         if self.parts is None:

@@ -19,9 +19,9 @@ from __future__ import annotations
 import secrets
 from dataclasses import dataclass, field
 
-from proxy.errors import PgError, ProtocolViolation, Unsupported
+from proxy.errors import ConnectionFailure, PgError, ProtocolViolation, Unsupported
 from proxy.sql.hooks import PassThrough, StatementHook
-from proxy.wire.backend import ErrorResponse, NotificationResponse
+from proxy.wire.backend import ErrorResponse, NotificationResponse, ParameterStatus
 from proxy.wire.fields import FieldReader
 from proxy.wire.framing import Frames, MessageFramer
 from proxy.wire.frontend import (
@@ -38,7 +38,7 @@ from proxy.wire.frontend import (
 _Q, _P, _F, _S, _X, _PASSWORD = b"Q"[0], b"P"[0], b"F"[0], b"S"[0], b"X"[0], b"p"[0]
 _B, _EXECUTE, _CLOSE = b"B"[0], b"E"[0], b"C"[0]
 _COPY_DATA, _COPY_DONE, _COPY_FAIL = b"d"[0], b"c"[0], b"f"[0]
-_Z, _ERROR, _NOTIFICATION = b"Z"[0], b"E"[0], b"A"[0]
+_Z, _ERROR, _NOTIFICATION, _STATUS = b"Z"[0], b"E"[0], b"A"[0], b"S"[0]
 
 
 @dataclass(slots=True)
@@ -47,6 +47,16 @@ class Output:
     to_client: list[bytes] = field(default_factory=list)
     #: The client sent Terminate: forward what is queued, then close both sides.
     terminate: bool = False
+
+
+def check_server_parameter(status: ParameterStatus) -> None:
+    """The proxy reads SQL as a server with standard_conforming_strings on does; if
+    the server ever reads it otherwise, their parses could disagree (I3)."""
+    if status.name == "standard_conforming_strings" and status.value != "on":
+        raise ConnectionFailure(
+            "the server turned standard_conforming_strings off; tenant-proxy closes the "
+            "session because it would read strings differently from the server",
+            hint="Keep standard_conforming_strings = on for tenant roles.")
 
 
 class Relay:
@@ -216,6 +226,9 @@ class Relay:
                 continue
             if kind == _ERROR:
                 replacement = self._error(frames.data[start + 5:end])
+            elif kind == _STATUS and self._hook.inspects:
+                check_server_parameter(ParameterStatus.decode(FieldReader(
+                    frames.data[start + 5:end], "ParameterStatus")))
             elif kind == _NOTIFICATION and self._hook.inspects:
                 note = NotificationResponse.decode(FieldReader(frames.data[start + 5:end],
                                                                "NotificationResponse"))
