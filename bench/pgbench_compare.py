@@ -56,9 +56,13 @@ def _wait_port(port: int, timeout: float = 15.0) -> None:
     raise RuntimeError(f"nothing listening on port {port}")
 
 
-def start_proxy(pg_port: int, workdir: Path) -> tuple[subprocess.Popen[bytes], int]:
+BENCH_RULES = Path(__file__).with_name("rules.yaml")
+
+
+def start_proxy(pg_port: int, workdir: Path, rules: Path | None = None
+                ) -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
-    config = workdir / "proxy.yaml"
+    config = workdir / f"proxy-{port}.yaml"
     config.write_text(f"""
 listen: 127.0.0.1:{port}
 upstream:
@@ -69,7 +73,7 @@ upstream:
 auth:
   users:
     bench: "{make_verifier(PASSWORD)}"
-""")
+""" + (f"rules: {rules}\n" if rules else ""))
     exe = shutil.which("tenant-proxy") or sys.executable
     args = [exe] if exe != sys.executable else [exe, "-m", "proxy.cli.main"]
     proc = subprocess.Popen([*args, "run", "--config", str(config), "--log-level", "warning"],
@@ -152,6 +156,9 @@ def main() -> int:
         init = pgbench(cluster.port, "-i", "-q", "-s", str(args.scale))
         if init.returncode != 0:
             raise RuntimeError(init.stderr)
+        # The isolation target scopes pgbench_accounts by this column (bench/rules.yaml).
+        cluster.psql("ALTER TABLE pgbench_accounts ADD COLUMN tenant_id int NOT NULL DEFAULT 1",
+                     database="bench")
         targets: dict[str, int] = {"direct": cluster.port}
         bouncer = start_pgbouncer(cluster.port, workdir, "session")
         if bouncer:
@@ -160,6 +167,9 @@ def main() -> int:
         proxy_proc, proxy_port = start_proxy(cluster.port, workdir)
         procs.append(proxy_proc)
         targets["tenant-proxy (pass-through)"] = proxy_port
+        iso_proc, iso_port = start_proxy(cluster.port, workdir, BENCH_RULES)
+        procs.append(iso_proc)
+        targets["tenant-proxy (isolation)"] = iso_port
 
         results: list[Result] = []
         for mode in args.modes:

@@ -15,6 +15,8 @@ class PgError(Exception):
 
     sqlstate = "XX000"
     severity = "ERROR"
+    #: Shown when a refusal gives no hint of its own.
+    default_hint: str | None = None
 
     def __init__(self, message: str, hint: str | None = None, detail: str | None = None) -> None:
         super().__init__(message)
@@ -31,8 +33,9 @@ class PgError(Exception):
         out = {"S": self.severity, "V": self.severity, "C": self.sqlstate, "M": self.message}
         if self.detail:
             out["D"] = self.detail
-        if self.hint:
-            out["H"] = self.hint
+        hint = self.hint or self.default_hint
+        if hint:
+            out["H"] = hint
         return out
 
 
@@ -83,9 +86,12 @@ class Refused(PgError):
     """A statement the policy does not allow (I3); the session stays usable."""
 
     sqlstate = "42501"
+    default_hint = ("tenant-proxy refused this under its rules file; an operator can "
+                    "explain it with `tenant-proxy explain`.")
 
 
 class Unsupported(PgError):
     """Syntax or a protocol feature the proxy does not support."""
 
     sqlstate = "0A000"
+    default_hint = "tenant-proxy refuses what it cannot prove safe."

@@ -112,3 +112,56 @@ def test_check_command_against_a_live_database(db: Database, tmp_path: Path) -> 
     assert "tables.public.countries: has no column tenant_id" in out.stdout
     invalid = _cli("check", str(ROOT / "README.md"))
     assert invalid.returncode == 2 and "README.md" in invalid.stderr
+
+
+def test_sighup_reloads_rules_in_a_running_proxy(db: Database, tmp_path: Path) -> None:
+    """`tenant-proxy run` with the file watch off: SIGHUP alone applies an edit."""
+    import signal
+    import time
+
+    import psycopg
+
+    from proxy.auth.scram import make_verifier
+    from proxy.localpg.cluster import free_port
+    from tests.corpus_harness import CORPUS_DB, create_corpus_db
+
+    create_corpus_db(db)
+    rules = tmp_path / "rules.yaml"
+    rules.write_text((ROOT / "tests" / "corpus" / "rules.yaml").read_text())
+    port = free_port()
+    config = tmp_path / "proxy.yaml"
+    config.write_text(f"""
+listen: 127.0.0.1:{port}
+upstream: {{host: 127.0.0.1, port: {db.port}, sslmode: disable, database: {CORPUS_DB},
+            roles: {{corpus_app: postgres}}, password: "{db.superuser_password}"}}
+auth: {{users: {{corpus_app: "{make_verifier('pw')}"}}}}
+rules: {rules}
+rules_reload_interval: 0
+""")
+    proc = subprocess.Popen([sys.executable, "-m", "proxy.cli.main", "run", "--config",
+                             str(config), "--log-format", "text"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and "listening" in proc.stdout.readline()
+        url = f"postgresql://corpus_app:pw@127.0.0.1:{port}/{CORPUS_DB}"
+        with psycopg.connect(url, options="-c tenant_proxy.tenant=1",
+                             autocommit=True) as conn:
+            assert conn.execute("SELECT count(*) FROM countries").fetchone()[0] > 0
+            rules.write_text(rules.read_text().replace(
+                "public.countries: {scope: shared, writable: false}",
+                "public.countries: {scope: deny}"))
+            time.sleep(0.3)
+            assert conn.execute("SELECT count(*) FROM countries").fetchone()[0] > 0
+            proc.send_signal(signal.SIGHUP)
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline:
+                try:
+                    conn.execute("SELECT count(*) FROM countries")
+                except psycopg.errors.InsufficientPrivilege:
+                    break
+                time.sleep(0.05)
+            else:
+                raise AssertionError("SIGHUP did not reload the rules")
+    finally:
+        proc.terminate()
+        proc.wait(10)

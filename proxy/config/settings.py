@@ -76,6 +76,8 @@ class Settings:
     tls: ClientTLS = field(default_factory=ClientTLS)
     limits: Limits = field(default_factory=Limits)
     rules: str | None = None
+    #: Seconds between checks of the rules file for changes; 0 disables (SIGHUP only).
+    rules_reload_interval: float = 1.0
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -239,7 +241,8 @@ def settings_from_document(doc: Located) -> Settings:
     if not isinstance(doc.data, dict):
         raise doc.error((), "expected a mapping at the top level")
     r = _Reader(doc)
-    top = r.section((), {"listen", "upstream", "auth", "tls", "limits", "rules"})
+    top = r.section((), {"listen", "upstream", "auth", "tls", "limits", "rules",
+                         "rules_reload_interval"})
     host, port = Settings.listen_host, Settings.listen_port
     listen = r.value(("listen",), top, str, None)
     if listen:
@@ -247,8 +250,11 @@ def settings_from_document(doc: Located) -> Settings:
             host, port = parse_listen(listen)
         except ConfigError as exc:
             raise doc.error(("listen",), str(exc)) from exc
+    interval = r.value(("rules_reload_interval",), top, float, 1.0)
+    if interval < 0:
+        raise doc.error(("rules_reload_interval",), "must be 0 (off) or positive")
     return Settings(host, port, _upstream(r), _auth(r), _tls(r), _limits(r),
-                    r.value(("rules",), top, str, None))
+                    r.value(("rules",), top, str, None), interval)
 
 
 def load_settings(path: str | None, *, listen: str | None = None, upstream: str | None = None,

@@ -29,7 +29,12 @@ class ProxyServer:
         self.watcher: RulesWatcher | None = None
         if settings.rules:
             self.engine = Engine(load_rules(settings.rules))
-            self.watcher = RulesWatcher(settings.rules, self.engine)
+            trusted = [r for r, u in self.engine.rules.users.items() if u.identity == "trusted"]
+            if trusted:
+                log.warning("roles %s use identity trusted: they may pick any tenant with a "
+                            "bare id (development only)", ", ".join(sorted(trusted)))
+            self.watcher = RulesWatcher(settings.rules, self.engine,
+                                        settings.rules_reload_interval)
             engine = self.engine
             self.state.hook_factory = lambda role, params: open_session(engine, role, params)
         self._server: asyncio.Server | None = None

@@ -64,7 +64,8 @@ class RulesWatcher:
                 self.reload()
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._watch())
+        if self.interval > 0:
+            self._task = asyncio.get_running_loop().create_task(self._watch())
 
     async def stop(self) -> None:
         if self._task is not None:
