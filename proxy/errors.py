@@ -17,12 +17,16 @@ class PgError(Exception):
     severity = "ERROR"
     #: Shown when a refusal gives no hint of its own.
     default_hint: str | None = None
+    #: Metric label for refusals of this class (a fixed vocabulary, never message text).
+    default_reason = "error"
 
-    def __init__(self, message: str, hint: str | None = None, detail: str | None = None) -> None:
+    def __init__(self, message: str, hint: str | None = None, detail: str | None = None,
+                 reason: str | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.hint = hint
         self.detail = detail
+        self.reason = reason or self.default_reason
 
     @property
     def fatal(self) -> bool:
@@ -86,6 +90,7 @@ class Refused(PgError):
     """A statement the policy does not allow (I3); the session stays usable."""
 
     sqlstate = "42501"
+    default_reason = "policy"
     default_hint = ("tenant-proxy refused this under its rules file; an operator can "
                     "explain it with `tenant-proxy explain`.")
 
@@ -94,4 +99,5 @@ class Unsupported(PgError):
     """Syntax or a protocol feature the proxy does not support."""
 
     sqlstate = "0A000"
+    default_reason = "unsupported"
     default_hint = "tenant-proxy refuses what it cannot prove safe."

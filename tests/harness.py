@@ -16,6 +16,7 @@ import uvloop
 from proxy.auth.scram import make_verifier
 from proxy.config.settings import ClientAuth, ClientTLS, Limits, Settings, UpstreamSettings
 from proxy.localpg.cluster import LocalCluster
+from proxy.observability.metrics import Metrics
 from proxy.server.listener import ProxyServer
 from tests.certs import CertFiles
 
@@ -97,13 +98,13 @@ def database_from_url(url: str) -> Database:
 class RunningProxy:
     """A ProxyServer on its own uvloop loop in a daemon thread."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, metrics: Metrics | None = None) -> None:
         self.settings = settings
         self.loop = uvloop.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True,
                                        name="tenant-proxy")
         self.thread.start()
-        self.server = ProxyServer(settings)
+        self.server = ProxyServer(settings, metrics or Metrics())
         self.call(self.server.start())
         self.port = self.server.port
 
@@ -151,8 +152,9 @@ def proxy_settings(db: Database, certs: CertFiles, **changes: object) -> Setting
 
 
 @contextmanager
-def running_proxy(settings: Settings) -> Iterator[RunningProxy]:
-    proxy = RunningProxy(settings)
+def running_proxy(settings: Settings, metrics: Metrics | None = None
+                  ) -> Iterator[RunningProxy]:
+    proxy = RunningProxy(settings, metrics)
     try:
         yield proxy
     finally:

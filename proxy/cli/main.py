@@ -37,7 +37,7 @@ async def serve(settings: Settings) -> None:
         loop.add_signal_handler(signal.SIGHUP, server.watcher.reload)
     print(f"tenant-proxy listening on {settings.listen_host}:{server.port}", flush=True)
     await stop.wait()
-    await server.close()
+    await server.drain()
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -31,6 +31,7 @@ class Limits:
     login_timeout: float = 15.0
     upstream_connect_timeout: float = 10.0
     max_client_connections: int = 10_000
+    drain_timeout: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,8 @@ class Settings:
     rules: str | None = None
     #: Seconds between checks of the rules file for changes; 0 disables (SIGHUP only).
     rules_reload_interval: float = 1.0
+    #: HOST:PORT of the /metrics, /healthz and /readyz endpoint; None disables it.
+    http_listen: str | None = None
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -242,7 +245,7 @@ def settings_from_document(doc: Located) -> Settings:
         raise doc.error((), "expected a mapping at the top level")
     r = _Reader(doc)
     top = r.section((), {"listen", "upstream", "auth", "tls", "limits", "rules",
-                         "rules_reload_interval"})
+                         "rules_reload_interval", "http_listen"})
     host, port = Settings.listen_host, Settings.listen_port
     listen = r.value(("listen",), top, str, None)
     if listen:
@@ -253,8 +256,14 @@ def settings_from_document(doc: Located) -> Settings:
     interval = r.value(("rules_reload_interval",), top, float, 1.0)
     if interval < 0:
         raise doc.error(("rules_reload_interval",), "must be 0 (off) or positive")
+    http_listen = r.value(("http_listen",), top, str, None)
+    if http_listen:
+        try:
+            parse_listen(http_listen)
+        except ConfigError as exc:
+            raise doc.error(("http_listen",), str(exc)) from exc
     return Settings(host, port, _upstream(r), _auth(r), _tls(r), _limits(r),
-                    r.value(("rules",), top, str, None), interval)
+                    r.value(("rules",), top, str, None), interval, http_listen)
 
 
 def load_settings(path: str | None, *, listen: str | None = None, upstream: str | None = None,

@@ -1,13 +1,16 @@
-"""The listening socket and the set of live sessions."""
+"""The listening socket, the set of live sessions, and graceful shutdown."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+import time
 
-from proxy.config.settings import Settings
+from proxy.config.settings import Settings, parse_listen
 from proxy.errors import TooManyConnections
+from proxy.observability.http import OpsServer
+from proxy.observability.metrics import METRICS, Metrics
 from proxy.policy.rules import load_rules
 from proxy.server.cancel import CancelRegistry
 from proxy.server.reload import RulesWatcher
@@ -18,17 +21,21 @@ from proxy.wire import backend as be
 
 log = logging.getLogger("tenant_proxy.server")
 
+#: How long a readiness answer about the upstream stays good.
+_READY_CACHE_SECONDS = 2.0
+
 
 class ProxyServer:
     """Listener plus shared state. With ``settings.rules`` set, every login goes
     through the isolation engine; without it statements pass through."""
 
-    def __init__(self, settings: Settings) -> None:
-        self.state = ServerState(settings, CancelRegistry(), client_side_context(settings.tls))
+    def __init__(self, settings: Settings, metrics: Metrics = METRICS) -> None:
+        self.state = ServerState(settings, CancelRegistry(), client_side_context(settings.tls),
+                                 metrics=metrics)
         self.engine: Engine | None = None
         self.watcher: RulesWatcher | None = None
         if settings.rules:
-            self.engine = Engine(load_rules(settings.rules))
+            self.engine = Engine(load_rules(settings.rules), metrics=metrics)
             trusted = [r for r, u in self.engine.rules.users.items() if u.identity == "trusted"]
             if trusted:
                 log.warning("roles %s use identity trusted: they may pick any tenant with a "
@@ -37,8 +44,13 @@ class ProxyServer:
                                         settings.rules_reload_interval)
             engine = self.engine
             self.state.hook_factory = lambda role, params: open_session(engine, role, params)
+        self.ops: OpsServer | None = None
+        if settings.http_listen:
+            host, port = parse_listen(settings.http_listen)
+            self.ops = OpsServer(host, port, metrics.registry, self.readiness)
         self._server: asyncio.Server | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._sessions: dict[asyncio.Task[None], Session] = {}
+        self._upstream_checked = (0.0, "not checked yet")
 
     @property
     def port(self) -> int:
@@ -47,7 +59,7 @@ class ProxyServer:
 
     @property
     def sessions(self) -> int:
-        return len(self._tasks)
+        return len(self._sessions)
 
     async def start(self) -> None:
         s = self.state.settings
@@ -57,9 +69,33 @@ class ProxyServer:
                  s.upstream.host, s.upstream.port)
         if self.watcher is not None:
             self.watcher.start()
+        if self.ops is not None:
+            await self.ops.start()
+
+    async def readiness(self) -> str | None:
+        """None when ready: serving, rules loaded, upstream reachable."""
+        if self.state.draining:
+            return "draining"
+        if self.watcher is not None and self.watcher.last_error:
+            log.debug("serving the previous rules: %s", self.watcher.last_error)
+        checked_at, problem = self._upstream_checked
+        if time.monotonic() - checked_at > _READY_CACHE_SECONDS:
+            problem = await self._check_upstream()
+            self._upstream_checked = (time.monotonic(), problem)
+        return problem
+
+    async def _check_upstream(self) -> str | None:
+        up = self.state.settings.upstream
+        try:
+            async with asyncio.timeout(2):
+                _, writer = await asyncio.open_connection(up.host, up.port)
+        except (OSError, TimeoutError) as exc:
+            return f"upstream {up.host}:{up.port} unreachable ({exc.__class__.__name__})"
+        writer.close()
+        return None
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if len(self._tasks) >= self.state.settings.limits.max_client_connections:
+        if len(self._sessions) >= self.state.settings.limits.max_client_connections:
             err = TooManyConnections("sorry, too many clients already")
             with contextlib.suppress(ConnectionError, OSError):
                 writer.write(be.ErrorResponse(err.fields()).encode())
@@ -68,26 +104,48 @@ class ProxyServer:
             return
         task = asyncio.current_task()
         assert task is not None
-        self._tasks.add(task)
+        session = Session(self.state, reader, writer)
+        self._sessions[task] = session
         try:
-            await Session(self.state, reader, writer).run()
+            await session.run()
         except asyncio.CancelledError:
             pass  # close() ends sessions this way; the task itself ends normally
         except Exception:
             log.exception("session crashed (a proxy bug)")
         finally:
-            self._tasks.discard(task)
+            self._sessions.pop(task, None)
+
+    async def drain(self, timeout: float | None = None) -> None:
+        """Stop accepting, let open transactions finish, then close everything.
+
+        Readiness turns false first; idle sessions are closed at once with
+        57P01, sessions in a transaction when it ends, and whatever is left
+        after ``limits.drain_timeout`` is closed anyway.
+        """
+        timeout = self.state.settings.limits.drain_timeout if timeout is None else timeout
+        self.state.draining = True
+        if self._server is not None:
+            self._server.close()
+        log.info("draining %d sessions (up to %g s)", len(self._sessions), timeout)
+        deadline = time.monotonic() + timeout
+        while self._sessions and time.monotonic() < deadline:
+            for session in list(self._sessions.values()):
+                session.close_if_idle()
+            await asyncio.sleep(0.05)
+        await self.close()
 
     async def close(self) -> None:
-        """Stop listening and end every session."""
+        """Stop listening and end every session now."""
         self.state.draining = True
         if self.watcher is not None:
             await self.watcher.stop()
         if self._server is not None:
             self._server.close()
-        for task in list(self._tasks):
+        for task in list(self._sessions):
             task.cancel()
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._sessions:
+            await asyncio.gather(*self._sessions, return_exceptions=True)
         if self._server is not None:
             await self._server.wait_closed()
+        if self.ops is not None:
+            await self.ops.close()

@@ -44,6 +44,7 @@ class RulesWatcher:
             rules = load_rules(self.path)
         except (ConfigError, OSError) as exc:
             self.failures += 1
+            self.engine.metrics.rules_reloads.labels("failed").inc()
             self.last_error = str(exc)
             log.error("rules reload failed, keeping version %s: %s",
                       self.engine.rules.version, exc)
@@ -51,6 +52,7 @@ class RulesWatcher:
         if rules.digest != self.engine.rules.digest:
             self.engine.swap(rules)
             self.reloads += 1
+            self.engine.metrics.rules_reloads.labels("ok").inc()
             log.info("rules reloaded from %s: version %s", self.path, rules.version)
         self.last_error = None
         return True

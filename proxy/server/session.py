@@ -13,14 +13,21 @@ from proxy.auth.scram import MECHANISM, ScramServer
 from proxy.config.settings import Settings
 from proxy.errors import (
     AdminShutdown,
+    CannotConnect,
     ConnectionFailure,
     InvalidAuthorization,
     PgError,
     ProtocolViolation,
 )
+from proxy.observability.metrics import METRICS, Metrics
 from proxy.server.cancel import CancelKey, CancelRegistry
 from proxy.server.streams import READ_SIZE, MessageStream, unread_bytes
-from proxy.server.upstream import UpstreamConnection, cancel_upstream, open_upstream
+from proxy.server.upstream import (
+    UpstreamConnection,
+    UpstreamError,
+    cancel_upstream,
+    open_upstream,
+)
 from proxy.sql.hooks import PassThrough, StatementHook
 from proxy.wire import backend as be
 from proxy.wire.fields import FieldReader
@@ -58,6 +65,7 @@ class ServerState:
     cancels: CancelRegistry
     client_tls: ssl.SSLContext | None
     hook_factory: HookFactory = pass_through
+    metrics: Metrics = METRICS
     draining: bool = False
 
 
@@ -75,10 +83,14 @@ class Session:
         self.relay: Relay | None = None
         self.hook: StatementHook = PassThrough()
         self.upstream_dead = False
+        self._bytes_in = state.metrics.bytes.labels("client_to_server")
+        self._bytes_out = state.metrics.bytes.labels("server_to_client")
         peer = writer.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
 
     async def run(self) -> None:
+        metrics = self.state.metrics
+        metrics.client_connections.inc()
         try:
             try:
                 async with asyncio.timeout(self.limits.login_timeout):
@@ -92,11 +104,14 @@ class Session:
                 return
             await self._relay(leftover)
         except PgError as exc:
+            if isinstance(exc, (ConnectionFailure, CannotConnect, UpstreamError)):
+                metrics.upstream_errors.labels(exc.sqlstate).inc()
             await self._fail(exc)
         except (ConnectionError, ssl.SSLError, OSError) as exc:
             log.info("client %s disconnected: %s", self.peer, exc)
         finally:
             await self._close()
+            metrics.client_connections.dec()
 
     # --- startup ------------------------------------------------------------
 
@@ -180,6 +195,7 @@ class Session:
         self.upstream = await open_upstream(up, upstream_params,
                                             timeout=self.limits.upstream_connect_timeout,
                                             max_message_size=self.limits.max_message_size)
+        self.state.metrics.upstream_connections.inc()
         if self.hook.inspects:
             for raw in self.upstream.parameter_status:
                 check_server_parameter(be.ParameterStatus.decode(FieldReader(raw[5:], "S")))
@@ -228,8 +244,10 @@ class Session:
 
     async def _relay(self, leftover: bytes) -> None:
         assert self.upstream is not None
+        metrics = self.state.metrics
         relay = self.relay = Relay(max_message_size=self.limits.max_message_size,
-                                   hook=self.hook)
+                                   hook=self.hook,
+                                   on_ready=metrics.statement_seconds.observe)
         relay.status = self.upstream.status
         client_task = asyncio.create_task(self._pump_client(relay, leftover))
         upstream_task = asyncio.create_task(self._pump_upstream(relay, self.upstream.leftover))
@@ -251,6 +269,7 @@ class Session:
         data = initial
         while True:
             if data:
+                self._bytes_in.inc(len(data))
                 out = relay.from_client(data)
                 if out.to_client:
                     self.writer.writelines(out.to_client)
@@ -273,6 +292,7 @@ class Session:
         data = initial
         while True:
             if data:
+                self._bytes_out.inc(len(data))
                 out = relay.from_upstream(data)
                 self.writer.writelines(out.to_client)
                 await self.writer.drain()
@@ -288,6 +308,17 @@ class Session:
                 return
 
     # --- teardown -----------------------------------------------------------
+
+    def close_if_idle(self) -> None:
+        """During a drain: end the session if no transaction or query is open."""
+        relay = self.relay
+        if relay is None or relay.busy or relay.status != b"I" or self.writer.is_closing():
+            return
+        error = AdminShutdown("terminating connection: tenant-proxy is shutting down",
+                              hint="Reconnect; another proxy instance will serve you.")
+        with contextlib.suppress(ConnectionError, OSError, RuntimeError):
+            self.writer.write(be.ErrorResponse(error.fields()).encode())
+            self.writer.close()
 
     async def _fail(self, error: PgError) -> None:
         if error.sqlstate not in ("28P01", "28000"):
@@ -309,6 +340,7 @@ class Session:
         if self.cancel_key is not None:
             self.state.cancels.unregister(self.cancel_key)
         if self.upstream is not None:
+            self.state.metrics.upstream_connections.dec()
             up = self.upstream.writer
             with contextlib.suppress(ConnectionError, OSError, RuntimeError):
                 if not up.is_closing():

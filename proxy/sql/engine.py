@@ -157,7 +157,7 @@ def _setting_plan(node: ast.VariableSetStmt, rules: Rules) -> IdentityAction | N
     if kind == enums.VariableSetKind.VAR_SET_MULTI or name in SAFE_SETTINGS:
         return None
     reason = _SETTING_REASONS.get(name, "it is not in the proxy's list of safe settings")
-    raise Refused(f'setting "{name}" is not allowed: {reason}')
+    raise Refused(f'setting "{name}" is not allowed: {reason}', reason="setting")
 
 
 _CURSOR_OPT_HOLD = 0x0020
@@ -259,7 +259,8 @@ def _utility(stmt: Statement, rules: Rules) -> tuple[IdentityAction | None, list
         raise Refused("DO blocks are not allowed")
     what = stmt.kind.removesuffix("Stmt")
     raise Refused(f"{what} statements are not allowed for tenant roles",
-                  hint="DDL and administration belong to a bypass (migration) role.")
+                  hint="DDL and administration belong to a bypass (migration) role.",
+                  reason="statement_type")
 
 
 def _copy(stmt: Statement, rules: Rules) -> _Data:
@@ -376,13 +377,21 @@ def _plan(sql: str, rules: Rules, extended: bool) -> Plan:
     if not statements:
         return Plan()
     kinds = tuple(s.kind for s in statements)
+    try:
+        return _plan_statements(statements, kinds, rules, extended)
+    except PgError as exc:
+        return Plan(error=exc, kinds=kinds)
+
+
+def _plan_statements(statements: list[Statement], kinds: tuple[str, ...], rules: Rules,
+                     extended: bool) -> Plan:
     if len(statements) > 1:
         if extended:
             raise SyntaxErr("cannot insert multiple commands into a prepared statement")
         if not rules.multi_statement:
             raise Refused("several statements in one query are not allowed",
                           hint="Send them one at a time, or set session.multi_statement: "
-                               "allow in the rules file.")
+                               "allow in the rules file.", reason="multi_statement")
     texts: list[str] = []
     changed = needs_tenant = False
     params: set[int] = set()

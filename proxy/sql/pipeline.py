@@ -13,9 +13,11 @@ from __future__ import annotations
 import re
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from proxy.errors import InvalidAuthorization, PgError, Refused
+from proxy.observability.metrics import METRICS, Metrics
 from proxy.policy.rules import Rules, UserRule
 from proxy.policy.tokens import TokenError, TokenVerifier
 from proxy.sql.builtins import SAFE_SETTINGS
@@ -33,8 +35,12 @@ class InvalidToken(PgError):
     """A tenant token that does not verify: the statement fails, the session lives."""
 
     sqlstate = "28000"
+    default_reason = "token"
 
 
+_KINDS = {"SelectStmt": "select", "InsertStmt": "insert", "UpdateStmt": "update",
+          "DeleteStmt": "delete", "CopyStmt": "copy", "VariableSetStmt": "set",
+          "TransactionStmt": "transaction"}
 _NO_TENANT_HINT = f"SET {TENANT_SETTING} = '<token>' first."
 #: Startup parameters that are not settings, or that the session handles itself.
 _STARTUP_KEYS = {"user", "database", "options", "application_name", "client_encoding",
@@ -44,10 +50,13 @@ _STARTUP_KEYS = {"user", "database", "options", "application_name", "client_enco
 class Engine:
     """The current rules and everything derived from them, shared by sessions."""
 
-    def __init__(self, rules: Rules, cache_size: int = 10_000) -> None:
+    def __init__(self, rules: Rules, cache_size: int = 10_000,
+                 metrics: Metrics = METRICS) -> None:
         self.cache = PlanCache(cache_size)
+        self.metrics = metrics
         self.rules = rules
         self.verifier = self._verifier(rules)
+        metrics.set_rules_version(rules.version)
 
     @staticmethod
     def _verifier(rules: Rules) -> TokenVerifier | None:
@@ -61,6 +70,8 @@ class Engine:
         self.verifier = self._verifier(rules)
         self.rules = rules
         self.cache.clear()
+        self.metrics.set_rules_version(rules.version)
+        self.metrics.cache_entries.set(0)
 
     def plan_query(self, sql: str) -> tuple[Plan, tuple[str, ...] | None]:
         """The plan for a simple-protocol Query, shared across literal values.
@@ -78,10 +89,9 @@ class Engine:
             return self.plan(sql, extended=False), None
         rules = self.rules
         key = (rules.version, "N", norm.key)
-        plan = self.cache.get(key)
+        plan = self._cached(key)
         if plan is None:
-            plan = _template_plan(norm.key, rules)
-            self.cache.put(key, plan)
+            plan = self._store(key, lambda: _template_plan(norm.key, rules))
         if plan is _EXACT:
             return self.plan(sql, extended=False), None
         return plan, norm.literals
@@ -89,11 +99,26 @@ class Engine:
     def plan(self, sql: str, *, extended: bool) -> Plan:
         rules = self.rules
         key = (rules.version, "P" if extended else "Q", sql)
-        plan = self.cache.get(key)
+        plan = self._cached(key)
         if plan is None:
-            plan = plan_statement(sql, rules, extended=extended)
-            if plan.identity is None:  # never keep token text in the cache
-                self.cache.put(key, plan)
+            plan = self._store(key, lambda: plan_statement(sql, rules, extended=extended))
+        return plan
+
+    def _cached(self, key: tuple[str, str, str]) -> Plan | None:
+        plan = self.cache.get(key)
+        self.metrics.cache_lookups.labels("miss" if plan is None else "hit").inc()
+        return plan
+
+    def _store(self, key: tuple[str, str, str], make: Callable[[], Plan]) -> Plan:
+        start = time.perf_counter()
+        plan = make()
+        self.metrics.plan_seconds.observe(time.perf_counter() - start)
+        if plan.identity is None:  # never keep token text in the cache
+            evicted = self.cache.evictions
+            self.cache.put(key, plan)
+            if self.cache.evictions > evicted:
+                self.metrics.cache_evictions.inc(self.cache.evictions - evicted)
+            self.metrics.cache_entries.set(len(self.cache))
         return plan
 
 
@@ -158,15 +183,43 @@ class TenantSession:
     # --- StatementHook ------------------------------------------------------------
 
     def query(self, sql: str) -> str | None:
-        plan, literals = self.engine.plan_query(sql)
-        return self._apply(plan, literals)
+        start = time.perf_counter()
+        plan: Plan | None = None
+        try:
+            plan, literals = self.engine.plan_query(sql)
+            new_sql = self._apply(plan, literals)
+        except PgError as exc:
+            self._count(plan, "refused", exc, start)
+            raise
+        self._count(plan, "forwarded" if new_sql is None else "rewritten", None, start)
+        return new_sql
 
     def parse(self, message: Parse) -> Parse | None:
-        plan = self.engine.plan(message.sql, extended=True)
-        new_sql = self._apply(plan)
+        start = time.perf_counter()
+        plan: Plan | None = None
+        try:
+            plan = self.engine.plan(message.sql, extended=True)
+            new_sql = self._apply(plan)
+        except PgError as exc:
+            self._count(plan, "refused", exc, start)
+            raise
+        self._count(plan, "forwarded" if new_sql is None else "rewritten", None, start)
         self.statements[message.name] = _Prepared(
             self.current if plan.needs_tenant else None, plan.tenant_params)
         return None if new_sql is None else Parse(message.name, new_sql, message.param_types)
+
+    def _count(self, plan: Plan | None, outcome: str, error: PgError | None,
+               start: float) -> None:
+        metrics = self.engine.metrics
+        metrics.pipeline_seconds.observe(time.perf_counter() - start)
+        if plan is not None and plan.identity is not None:
+            kind = "identity"
+        else:
+            kind = _KINDS.get(plan.kinds[0], "utility") if plan and plan.kinds else "other"
+        metrics.statements.labels(kind, metrics.tenant_label(self.current), self.role,
+                                  outcome).inc()
+        if error is not None:
+            metrics.refusals.labels(error.reason).inc()
 
     def bind(self, body: bytes) -> None:
         portal_end = body.index(b"\0")
@@ -236,7 +289,8 @@ class TenantSession:
         tenant = self.current
         rules = self.engine.rules
         if plan.needs_tenant and tenant is None:
-            raise Refused("no tenant is set for this session", hint=_NO_TENANT_HINT)
+            raise Refused("no tenant is set for this session", hint=_NO_TENANT_HINT,
+                          reason="no_tenant")
         checked = list(plan.tenant_literals)
         if literals is not None:
             checked += [_literal_value(literals[n - 1]) or literals[n - 1]
@@ -244,10 +298,12 @@ class TenantSession:
         for literal in checked:
             if not self._literal_is_tenant(literal, tenant):
                 raise Refused(f"tenant value {literal[:40]} is not this session's tenant",
-                              hint="Rows cannot be written for another tenant.")
+                              hint="Rows cannot be written for another tenant.",
+                              reason="tenant_mismatch")
         for channel in plan.channels:
             if not rules.channel_allowed(channel, tenant):
                 raise Refused(f'channel "{channel}" does not belong to this tenant',
+                              reason="channel",
                               hint="Channel names start with "
                                    f"{rules.channel_prefix.format(tenant='<tenant>')}.")
         if plan.sql_object is not None:

@@ -99,24 +99,25 @@ def classify_relation(rules: Rules, schema: str | None, name: str, position: str
         qualified = f"{schema}.{name}"
         if qualified in SENSITIVE_CATALOG:
             raise Refused(f"reading {qualified} is not allowed: "
-                          f"{SENSITIVE_CATALOG[qualified]}")
+                          f"{SENSITIVE_CATALOG[qualified]}", reason="catalog")
         if position != "source":
             raise Refused(f"writing to the system catalog ({qualified}) is not allowed")
         if qualified not in SAFE_CATALOG and qualified not in rules.catalog_allow:
             raise Refused(f"catalog relation {qualified} is not in the allow-list",
                           hint="Add it to catalog.allow in the rules file if it holds "
-                               "no tenant data.")
+                               "no tenant data.", reason="catalog")
         return qualified
     qualified = f"{schema or 'public'}.{name}"
     rule = rules.table(qualified)
     if rule is None:
         raise Refused(f'relation "{qualified}" is not in the rules file',
                       hint="Unknown relations are refused; list it under tables: "
-                           "with a scope.")
+                           "with a scope.", reason="unknown_relation")
     if rule.scope == "deny":
-        raise Refused(f'access to relation "{qualified}" is denied by the rules file')
+        raise Refused(f'access to relation "{qualified}" is denied by the rules file',
+                      reason="denied_relation")
     if position == "target" and not rule.writable:
-        raise Refused(f'relation "{qualified}" is read-only for tenants')
+        raise Refused(f'relation "{qualified}" is read-only for tenants', reason="read_only")
     return qualified
 
 
@@ -228,11 +229,12 @@ class _Scoper:
                 values = value.expressions if isinstance(value, exp.Tuple) else None
                 if values is None or len(values) != len(targets):
                     raise Refused(f'changing the tenant column "{column}" is not allowed',
-                                  hint="Rows cannot move between tenants.")
+                                  hint="Rows cannot move between tenants.",
+                                  reason="tenant_change")
                 value = values[[_column_named(t, column) for t in targets].index(True)]
             if not self._is_checkable(value):
                 raise Refused(f'changing the tenant column "{column}" is not allowed',
-                              hint="Rows cannot move between tenants.")
+                              hint="Rows cannot move between tenants.", reason="tenant_change")
             self._check_tenant_value(value, column)
 
     @staticmethod

@@ -24,6 +24,7 @@ from proxy.sql.builtins import DENIED_FUNCTIONS, SAFE_FUNCTIONS
 
 class SyntaxErr(PgError):
     sqlstate = "42601"
+    default_reason = "syntax"
 
 
 #: pglast statement node -> the sqlglot expression class that must match it.
@@ -147,9 +148,11 @@ def check_functions(node: ast.Node, rules: Rules) -> None:
         schema, name = function_name(n)
         qualified = f"{schema}.{name}" if schema else name
         if name in DENIED_FUNCTIONS and schema in (None, "pg_catalog"):
-            raise Refused(f"function {qualified}() is not allowed: {DENIED_FUNCTIONS[name]}")
+            raise Refused(f"function {qualified}() is not allowed: {DENIED_FUNCTIONS[name]}",
+                          reason="function")
         if qualified in rules.functions_deny or name in rules.functions_deny:
-            raise Refused(f"function {qualified}() is denied by the rules file")
+            raise Refused(f"function {qualified}() is denied by the rules file",
+                          reason="function")
         if qualified in rules.functions_allow:
             continue
         if schema in (None, "pg_catalog") and (name in SAFE_FUNCTIONS
@@ -157,4 +160,4 @@ def check_functions(node: ast.Node, rules: Rules) -> None:
             continue
         raise Refused(f"function {qualified}() is not allowed",
                       hint="User-defined functions must be listed under functions.allow "
-                           "in the rules file.")
+                           "in the rules file.", reason="function")

@@ -17,6 +17,9 @@ responses stay in order however deeply the client pipelines.
 from __future__ import annotations
 
 import secrets
+import time
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from proxy.errors import ConnectionFailure, PgError, ProtocolViolation, Unsupported
@@ -62,7 +65,9 @@ def check_server_parameter(status: ParameterStatus) -> None:
 class Relay:
     """One client session after authentication."""
 
-    def __init__(self, *, max_message_size: int, hook: StatementHook | None = None) -> None:
+    def __init__(self, *, max_message_size: int, hook: StatementHook | None = None,
+                 on_ready: Callable[[float], None] | None = None,
+                 clock: Callable[[], float] = time.perf_counter) -> None:
         self._client = MessageFramer(max_message_size, "client")
         self._upstream = MessageFramer(max_message_size, "server")
         self._hook: StatementHook = hook or PassThrough()
@@ -76,6 +81,10 @@ class Relay:
         #: Running totals of those messages and of ReadyForQuery messages received.
         self.sent = 0
         self.received = 0
+        #: Called with the seconds from forwarding each Query/Sync to its ReadyForQuery.
+        self._on_ready = on_ready
+        self._clock = clock
+        self._sent_at: deque[float] = deque()
         self.upstream_fatal = False
         #: The client sent Terminate: the upstream closing is expected, not a failure.
         self.terminating = False
@@ -110,6 +119,8 @@ class Relay:
             if kind in (_S, _Q, _F):
                 self.pending += 1
                 self.sent += 1
+                if self._on_ready is not None:
+                    self._sent_at.append(self._clock())
             replacement = None
             if kind == _F:
                 replacement = self._refuse(Unsupported(
@@ -219,6 +230,8 @@ class Relay:
                 self.pending = max(0, self.pending - 1)
                 self.received += 1
                 self.status = frames.data[end - 1:end]
+                if self._sent_at:
+                    self._on_ready(self._clock() - self._sent_at.popleft())  # type: ignore[misc]
                 self._hook.ready(self.status, self.received)
                 if not self.pending:
                     # Markers the upstream skipped (after an earlier error) never come back.

@@ -1,0 +1,74 @@
+"""The operator's HTTP endpoint: /metrics, /healthz and /readyz.
+
+A deliberately tiny HTTP/1.0-style server on asyncio (GET only, one request
+per connection, bounded reads), so probes and scrapes share the proxy's event
+loop and see exactly its state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+log = logging.getLogger("tenant_proxy.http")
+
+Readiness = Callable[[], Awaitable[str | None]]
+
+
+class OpsServer:
+    def __init__(self, host: str, port: int, registry: CollectorRegistry,
+                 readiness: Readiness) -> None:
+        self.host, self._port = host, port
+        self.registry = registry
+        self.readiness = readiness
+        self._server: asyncio.Server | None = None
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None
+        return self._server.sockets[0].getsockname()[1]
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._handle, self.host, self._port)
+        log.info("metrics and health on http://%s:%d", self.host, self.port)
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            async with asyncio.timeout(5):
+                request = await reader.readuntil(b"\r\n\r\n")
+            method, _, rest = request.split(b"\r\n", 1)[0].decode("latin-1").partition(" ")
+            path = rest.split(" ", 1)[0].split("?", 1)[0]
+            status, ctype, body = await self._route(method, path)
+        except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError,
+                ConnectionError):
+            writer.close()
+            return
+        head = (f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}"
+                "\r\nConnection: close\r\n\r\n").encode()
+        with contextlib.suppress(ConnectionError):
+            writer.write(head + body)
+            await writer.drain()
+        writer.close()
+
+    async def _route(self, method: str, path: str) -> tuple[str, str, bytes]:
+        if method != "GET":
+            return "405 Method Not Allowed", "text/plain", b"GET only\n"
+        if path == "/metrics":
+            return "200 OK", CONTENT_TYPE_LATEST, generate_latest(self.registry)
+        if path == "/healthz":
+            return "200 OK", "text/plain", b"ok\n"
+        if path == "/readyz":
+            problem = await self.readiness()
+            if problem is None:
+                return "200 OK", "text/plain", b"ready\n"
+            return "503 Service Unavailable", "text/plain", f"not ready: {problem}\n".encode()
+        return "404 Not Found", "text/plain", b"not found\n"
