@@ -148,3 +148,51 @@ def test_drain_lets_open_transactions_commit(db: Database, certs: CertFiles,
     with psycopg.connect(db.dsn(db.superuser, CORPUS_DB)) as admin:
         assert admin.execute("SELECT count(*) FROM documents WHERE body = '{}' "
                              "AND tenant_id = 1").fetchone()[0] >= 1
+
+
+def test_audit_trail_of_decisions(db: Database, certs: CertFiles, tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from proxy.config.settings import AuditSettings
+
+    create_corpus_db(db)
+    key = b"k" * 40
+    trail = tmp_path / "audit.log"
+    logins = {**LOGINS, "corpus_admin": "admin-pw"}
+    rules = tmp_path / "rules.yaml"
+    rules.write_text((CORPUS / "rules.yaml").read_text() +
+                     "  corpus_admin: {identity: bypass}\n")
+    settings = replace(corpus_settings(proxy_settings(db, certs), rules, logins),
+                       audit=AuditSettings(str(trail), key))
+    with running_proxy(settings, Metrics()) as proxy:
+        with psycopg.connect(_dsn(proxy), options="-c tenant_proxy.tenant=1",
+                             autocommit=True) as conn:
+            conn.execute("SELECT email FROM users WHERE email = 'secret-literal@x.test'")
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute("SELECT detail FROM audit_events WHERE actor = 'hidden-value'")
+        admin = f"postgresql://corpus_admin:admin-pw@127.0.0.1:{proxy.port}/{CORPUS_DB}"
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute("SELECT 'bypass-literal'")
+    text = trail.read_text()
+    assert "secret-literal" not in text and "hidden-value" not in text
+    assert "bypass-literal" not in text
+    import json
+
+    events = [json.loads(line)["event"] for line in text.splitlines()]
+    assert {"role": "corpus_app", "tenant": "1", "outcome": "rewritten"}.items() <= \
+        next(e for e in events if e["relations"] == ["public.users"]).items()
+    refused = next(e for e in events if e["outcome"] == "refused")
+    assert refused["reason"] == "denied_relation" and refused["sqlstate"] == "42501"
+    assert any(e["role"] == "corpus_admin" and e["kind"] == "bypass" for e in events)
+    env = {**os.environ, "TENANT_PROXY_AUDIT_KEY": key.decode()}
+    ok = subprocess.run([sys.executable, "-m", "proxy.cli.main", "audit", "verify",
+                         str(trail)], capture_output=True, text=True, env=env, check=False)
+    assert ok.returncode == 0 and "OK:" in ok.stdout
+    lines = text.splitlines()
+    trail.write_text("\n".join([lines[0], lines[0].replace("corpus_app", "corpus_apq"),
+                                *lines[2:]]) + "\n")
+    bad = subprocess.run([sys.executable, "-m", "proxy.cli.main", "audit", "verify",
+                          str(trail)], capture_output=True, text=True, env=env, check=False)
+    assert bad.returncode == 1 and "BAD at" in bad.stdout and ":2:" in bad.stdout

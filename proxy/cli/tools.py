@@ -123,6 +123,17 @@ def cmd_token(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_audit_verify(args: argparse.Namespace) -> int:
+    from proxy.observability.audit import trail_files, verify_command
+
+    key = os.environ.get(args.key_env, "")
+    if not key:
+        print(f"tenant-proxy: set {args.key_env} to the audit key", file=sys.stderr)
+        return 2
+    paths = [str(p) for f in args.files for p in (trail_files(f) if args.trail else [f])]
+    return verify_command(paths, key.encode())
+
+
 def add_tool_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     check = sub.add_parser("check", help="validate a rules file (and a database against it)")
     check.add_argument("rules")
@@ -146,3 +157,13 @@ def add_tool_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
                        help="environment variable holding the HMAC key")
     token.add_argument("--key-file", help="HMAC key file, or Ed25519 private key PEM")
     token.set_defaults(func=cmd_token)
+
+    audit = sub.add_parser("audit", help="audit trail tools")
+    audit_sub = audit.add_subparsers(dest="audit_command", required=True)
+    verify = audit_sub.add_parser("verify", help="check an audit trail; reports the first "
+                                                 "bad record")
+    verify.add_argument("files", nargs="+", help="trail files, oldest first")
+    verify.add_argument("--trail", action="store_true",
+                        help="also check FILE's rotated files (FILE.N ... FILE.1)")
+    verify.add_argument("--key-env", default="TENANT_PROXY_AUDIT_KEY")
+    verify.set_defaults(func=cmd_audit_verify)

@@ -69,6 +69,14 @@ class ClientAuth:
 
 
 @dataclass(frozen=True)
+class AuditSettings:
+    path: str
+    key: bytes
+    max_bytes: int = 100 * 1024 * 1024
+    keep: int = 10
+
+
+@dataclass(frozen=True)
 class Settings:
     listen_host: str = "127.0.0.1"
     listen_port: int = 6432
@@ -81,6 +89,7 @@ class Settings:
     rules_reload_interval: float = 1.0
     #: HOST:PORT of the /metrics, /healthz and /readyz endpoint; None disables it.
     http_listen: str | None = None
+    audit: AuditSettings | None = None
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -245,7 +254,7 @@ def settings_from_document(doc: Located) -> Settings:
         raise doc.error((), "expected a mapping at the top level")
     r = _Reader(doc)
     top = r.section((), {"listen", "upstream", "auth", "tls", "limits", "rules",
-                         "rules_reload_interval", "http_listen"})
+                         "rules_reload_interval", "http_listen", "audit"})
     host, port = Settings.listen_host, Settings.listen_port
     listen = r.value(("listen",), top, str, None)
     if listen:
@@ -263,7 +272,22 @@ def settings_from_document(doc: Located) -> Settings:
         except ConfigError as exc:
             raise doc.error(("http_listen",), str(exc)) from exc
     return Settings(host, port, _upstream(r), _auth(r), _tls(r), _limits(r),
-                    r.value(("rules",), top, str, None), interval, http_listen)
+                    r.value(("rules",), top, str, None), interval, http_listen, _audit(r))
+
+
+def _audit(r: _Reader) -> AuditSettings | None:
+    s = r.section(("audit",), {"path", "key", "max_bytes", "keep"})
+    if not s:
+        return None
+    path = r.value(("audit", "path"), s, str, None)
+    key = r.secret(("audit", "key"), s)
+    if not path or not key:
+        raise r.doc.error(("audit",), "audit needs a path and a key")
+    if len(key.encode()) < 32:
+        raise r.doc.error(("audit", "key"), "the audit key must be at least 32 bytes")
+    return AuditSettings(path, key.encode(), r.value(("audit", "max_bytes"), s, int,
+                                                     100 * 1024 * 1024),
+                         r.value(("audit", "keep"), s, int, 10))
 
 
 def load_settings(path: str | None, *, listen: str | None = None, upstream: str | None = None,

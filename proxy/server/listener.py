@@ -9,6 +9,7 @@ import time
 
 from proxy.config.settings import Settings, parse_listen
 from proxy.errors import TooManyConnections
+from proxy.observability.audit import AuditWriter
 from proxy.observability.http import OpsServer
 from proxy.observability.metrics import METRICS, Metrics
 from proxy.policy.rules import load_rules
@@ -34,8 +35,11 @@ class ProxyServer:
                                  metrics=metrics)
         self.engine: Engine | None = None
         self.watcher: RulesWatcher | None = None
+        self.audit = AuditWriter(settings.audit.path, settings.audit.key,
+                                 max_bytes=settings.audit.max_bytes,
+                                 keep=settings.audit.keep) if settings.audit else None
         if settings.rules:
-            self.engine = Engine(load_rules(settings.rules), metrics=metrics)
+            self.engine = Engine(load_rules(settings.rules), metrics=metrics, audit=self.audit)
             trusted = [r for r, u in self.engine.rules.users.items() if u.identity == "trusted"]
             if trusted:
                 log.warning("roles %s use identity trusted: they may pick any tenant with a "
@@ -149,3 +153,5 @@ class ProxyServer:
             await self._server.wait_closed()
         if self.ops is not None:
             await self.ops.close()
+        if self.audit is not None:
+            self.audit.close()

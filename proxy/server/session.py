@@ -196,7 +196,7 @@ class Session:
                                             timeout=self.limits.upstream_connect_timeout,
                                             max_message_size=self.limits.max_message_size)
         self.state.metrics.upstream_connections.inc()
-        if self.hook.inspects:
+        if self.hook.scoped:
             for raw in self.upstream.parameter_status:
                 check_server_parameter(be.ParameterStatus.decode(FieldReader(raw[5:], "S")))
         self.cancel_key = self.state.cancels.register(self._cancel_upstream)

@@ -18,6 +18,9 @@ from proxy.wire.frontend import Parse
 class StatementHook(Protocol):
     #: False lets the relay forward everything without decoding it at all.
     inspects: bool
+    #: True when the hook enforces tenant isolation (and so needs the server to read
+    #: SQL the way the proxy does).
+    scoped: bool
     #: Set by the relay before ``query``/``parse``: the sequence number of the
     #: ReadyForQuery that will answer the message.
     rfq_due: int
@@ -61,6 +64,7 @@ class PassThrough:
     """Forwards every statement unchanged (no rules, or a bypass role)."""
 
     inspects = False
+    scoped = False
     rfq_due = 0
 
     def query(self, sql: str) -> str | None:

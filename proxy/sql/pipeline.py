@@ -10,6 +10,7 @@ crossing a tenant switch.
 
 from __future__ import annotations
 
+import hashlib
 import re
 import time
 import uuid
@@ -17,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from proxy.errors import InvalidAuthorization, PgError, Refused
+from proxy.observability.audit import AuditWriter
 from proxy.observability.metrics import METRICS, Metrics
 from proxy.policy.rules import Rules, UserRule
 from proxy.policy.tokens import TokenError, TokenVerifier
@@ -51,9 +53,10 @@ class Engine:
     """The current rules and everything derived from them, shared by sessions."""
 
     def __init__(self, rules: Rules, cache_size: int = 10_000,
-                 metrics: Metrics = METRICS) -> None:
+                 metrics: Metrics = METRICS, audit: AuditWriter | None = None) -> None:
         self.cache = PlanCache(cache_size)
         self.metrics = metrics
+        self.audit = audit
         self.rules = rules
         self.verifier = self._verifier(rules)
         metrics.set_rules_version(rules.version)
@@ -171,6 +174,7 @@ class TenantSession:
     #: will answer the message being inspected.
     rfq_due: int = 0
     inspects: bool = True
+    scoped: bool = True
     copy: CopyIn | None = None
 
     def __post_init__(self) -> None:
@@ -189,9 +193,9 @@ class TenantSession:
             plan, literals = self.engine.plan_query(sql)
             new_sql = self._apply(plan, literals)
         except PgError as exc:
-            self._count(plan, "refused", exc, start)
+            self._count(plan, "refused", exc, start, sql)
             raise
-        self._count(plan, "forwarded" if new_sql is None else "rewritten", None, start)
+        self._count(plan, "forwarded" if new_sql is None else "rewritten", None, start, sql)
         return new_sql
 
     def parse(self, message: Parse) -> Parse | None:
@@ -201,15 +205,16 @@ class TenantSession:
             plan = self.engine.plan(message.sql, extended=True)
             new_sql = self._apply(plan)
         except PgError as exc:
-            self._count(plan, "refused", exc, start)
+            self._count(plan, "refused", exc, start, message.sql)
             raise
-        self._count(plan, "forwarded" if new_sql is None else "rewritten", None, start)
+        self._count(plan, "forwarded" if new_sql is None else "rewritten", None, start,
+                    message.sql)
         self.statements[message.name] = _Prepared(
             self.current if plan.needs_tenant else None, plan.tenant_params)
         return None if new_sql is None else Parse(message.name, new_sql, message.param_types)
 
     def _count(self, plan: Plan | None, outcome: str, error: PgError | None,
-               start: float) -> None:
+               start: float, sql: str) -> None:
         metrics = self.engine.metrics
         metrics.pipeline_seconds.observe(time.perf_counter() - start)
         if plan is not None and plan.identity is not None:
@@ -220,6 +225,9 @@ class TenantSession:
                                   outcome).inc()
         if error is not None:
             metrics.refusals.labels(error.reason).inc()
+        if self.engine.audit is not None:
+            audit_statement(self.engine.audit, self.role, self.current, kind, sql, outcome,
+                            error, plan.relations if plan else ())
 
     def bind(self, body: bytes) -> None:
         portal_end = body.index(b"\0")
@@ -421,6 +429,47 @@ class TenantSession:
                                hint="The session now has no tenant.") from exc
 
 
+def fingerprint(sql: str) -> str:
+    """A stable id for a statement's shape: its literals and comments never show."""
+    norm = normalize(sql)
+    text = norm.key if norm is not None else "\x00exact\x00" + sql
+    return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()[:16]
+
+
+def audit_statement(audit: AuditWriter, role: str, tenant: str | None, kind: str, sql: str,
+                    outcome: str, error: PgError | None, relations: tuple[str, ...]) -> None:
+    """One audit record: who, tenant, fingerprint, outcome, reason; never values."""
+    event: dict[str, object] = {"role": role, "tenant": tenant, "kind": kind,
+                                "fingerprint": fingerprint(sql), "outcome": outcome,
+                                "relations": sorted(set(relations))}
+    if error is not None:
+        event.update(reason=error.reason, sqlstate=error.sqlstate)
+    audit.write(event)
+
+
+@dataclass
+class BypassSession(PassThrough):
+    """A bypass role: forwarded unrewritten, but still audited."""
+
+    engine: Engine
+    role: str
+    inspects: bool = True
+
+    def query(self, sql: str) -> str | None:
+        self._audit(sql)
+        return None
+
+    def parse(self, message: Parse) -> Parse | None:
+        self._audit(message.sql)
+        return None
+
+    def _audit(self, sql: str) -> None:
+        self.engine.metrics.statements.labels("bypass", "none", self.role, "forwarded").inc()
+        if self.engine.audit is not None:
+            audit_statement(self.engine.audit, self.role, None, "bypass", sql, "forwarded",
+                            None, ())
+
+
 def _literal_value(literal: str) -> str | None:
     """The value of a plain number or standard string literal, else None."""
     if literal.startswith("'") and literal.endswith("'") and len(literal) >= 2:
@@ -481,7 +530,7 @@ def open_session(engine: Engine, role: str, params: dict[str, str]
         raise InvalidAuthorization(f'role "{role}" is not configured in the rules file',
                                    hint="Add it under users: with an identity.")
     if user.identity == "bypass":
-        return PassThrough(), params
+        return BypassSession(engine, role), params
     upstream = {k: v for k, v in params.items() if k != "options"}
     for key in params:
         if key.lower() not in _STARTUP_KEYS and key.lower() not in SAFE_SETTINGS:

@@ -239,7 +239,7 @@ class Relay:
                 continue
             if kind == _ERROR:
                 replacement = self._error(frames.data[start + 5:end])
-            elif kind == _STATUS and self._hook.inspects:
+            elif kind == _STATUS and self._hook.scoped:
                 check_server_parameter(ParameterStatus.decode(FieldReader(
                     frames.data[start + 5:end], "ParameterStatus")))
             elif kind == _NOTIFICATION and self._hook.inspects:
