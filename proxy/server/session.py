@@ -21,7 +21,14 @@ from proxy.errors import (
 )
 from proxy.observability.metrics import METRICS, Metrics
 from proxy.server.cancel import CancelKey, CancelRegistry
-from proxy.server.streams import READ_SIZE, MessageStream, unread_bytes
+from proxy.server.pump import Pump
+from proxy.server.streams import (
+    READ_SIZE,
+    MessageStream,
+    stream_eof,
+    take_buffered,
+    unread_bytes,
+)
 from proxy.server.upstream import (
     UpstreamConnection,
     UpstreamError,
@@ -81,6 +88,7 @@ class Session:
         self.upstream: UpstreamConnection | None = None
         self.cancel_key: CancelKey | None = None
         self.relay: Relay | None = None
+        self.pumped = False
         self.hook: StatementHook = PassThrough()
         self.upstream_dead = False
         self._bytes_in = state.metrics.bytes.labels("client_to_server")
@@ -249,63 +257,22 @@ class Session:
                                    hook=self.hook,
                                    on_ready=metrics.statement_seconds.observe)
         relay.status = self.upstream.status
-        client_task = asyncio.create_task(self._pump_client(relay, leftover))
-        upstream_task = asyncio.create_task(self._pump_upstream(relay, self.upstream.leftover))
-        try:
-            await asyncio.wait({client_task, upstream_task}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for task in (client_task, upstream_task):
-                task.cancel()
-            results = await asyncio.gather(client_task, upstream_task, return_exceptions=True)
-        for result in results:
-            if isinstance(result, ConnectionFailure):
-                self.upstream_dead = True
-            if isinstance(result, PgError):
-                raise result
-
-    async def _pump_client(self, relay: Relay, initial: bytes) -> None:
-        assert self.upstream is not None
-        writer = self.upstream.writer
-        data = initial
-        while True:
-            if data:
-                self._bytes_in.inc(len(data))
-                out = relay.from_client(data)
-                if out.to_client:
-                    self.writer.writelines(out.to_client)
-                if out.to_upstream:
-                    try:
-                        writer.writelines(out.to_upstream)
-                        await writer.drain()
-                    except (ConnectionError, OSError) as exc:
-                        raise ConnectionFailure(
-                            "server closed the connection unexpectedly") from exc
-                if out.terminate:
-                    return
-            data = await self.reader.read(READ_SIZE)
-            if not data:
-                return
-
-    async def _pump_upstream(self, relay: Relay, initial: bytes) -> None:
-        assert self.upstream is not None
-        reader = self.upstream.reader
-        data = initial
-        while True:
-            if data:
-                self._bytes_out.inc(len(data))
-                out = relay.from_upstream(data)
-                self.writer.writelines(out.to_client)
-                await self.writer.drain()
-            try:
-                data = await reader.read(READ_SIZE)
-            except (ConnectionError, OSError):
-                data = b""
-            if not data:
-                if not (relay.upstream_fatal or relay.terminating):
-                    raise ConnectionFailure("server closed the connection unexpectedly",
-                                            hint="The upstream server terminated abnormally "
-                                                 "or the network failed.")
-                return
+        client_eof = stream_eof(self.reader)
+        upstream_eof = stream_eof(self.upstream.reader)
+        pump = Pump(relay, self.writer.transport, self.upstream.writer.transport,  # type: ignore[arg-type]
+                    self._bytes_in.inc, self._bytes_out.inc)
+        self.pumped = True
+        pump.start(leftover + take_buffered(self.reader),
+                   self.upstream.leftover + take_buffered(self.upstream.reader))
+        if upstream_eof:
+            pump.on_upstream_closed()
+        if client_eof:
+            pump.on_client_closed()
+        error = await pump.done
+        if isinstance(error, ConnectionFailure):
+            self.upstream_dead = True
+        if error is not None:
+            raise error
 
     # --- teardown -----------------------------------------------------------
 
@@ -348,4 +315,5 @@ class Session:
                 up.close()
         with contextlib.suppress(ConnectionError, OSError, RuntimeError, TimeoutError):
             self.writer.close()
-            await asyncio.wait_for(self.writer.wait_closed(), 1.0)
+            if not self.pumped:  # the pump's protocol, not the stream's, sees the close
+                await asyncio.wait_for(self.writer.wait_closed(), 1.0)

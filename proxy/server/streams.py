@@ -43,6 +43,22 @@ class MessageStream:
         return queued + self._framer.rest()
 
 
+def take_buffered(reader: asyncio.StreamReader) -> bytes:
+    """Bytes a stream buffered but nobody read, removed from it: handed to the
+    protocol that takes the connection over."""
+    buffer = getattr(reader, "_buffer", None)
+    if not buffer:
+        return b""
+    out = bytes(buffer)
+    buffer.clear()
+    return out
+
+
+def stream_eof(reader: asyncio.StreamReader) -> bool:
+    """Whether the peer already closed its side before the takeover."""
+    return bool(getattr(reader, "_eof", False))
+
+
 def unread_bytes(reader: asyncio.StreamReader) -> int:
     """Bytes the stream has buffered but nobody has read yet.
 

@@ -16,6 +16,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from proxy.errors import InvalidAuthorization, PgError, Refused
 from proxy.observability.audit import AuditWriter
@@ -57,6 +58,9 @@ class Engine:
         self.cache = PlanCache(cache_size)
         self.metrics = metrics
         self.audit = audit
+        # Bound once: labels() costs more than the increment it feeds.
+        self._hits = metrics.cache_lookups.labels("hit")
+        self._misses = metrics.cache_lookups.labels("miss")
         self.rules = rules
         self.verifier = self._verifier(rules)
         metrics.set_rules_version(rules.version)
@@ -109,7 +113,7 @@ class Engine:
 
     def _cached(self, key: tuple[str, str, str]) -> Plan | None:
         plan = self.cache.get(key)
-        self.metrics.cache_lookups.labels("miss" if plan is None else "hit").inc()
+        (self._misses if plan is None else self._hits).inc()
         return plan
 
     def _store(self, key: tuple[str, str, str], make: Callable[[], Plan]) -> Plan:
@@ -176,6 +180,7 @@ class TenantSession:
     inspects: bool = True
     scoped: bool = True
     copy: CopyIn | None = None
+    _counters: dict[tuple[str, str | None, str], Any] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         self.tenant = self.startup_tenant
@@ -221,8 +226,12 @@ class TenantSession:
             kind = "identity"
         else:
             kind = _KINDS.get(plan.kinds[0], "utility") if plan and plan.kinds else "other"
-        metrics.statements.labels(kind, metrics.tenant_label(self.current), self.role,
-                                  outcome).inc()
+        key = (kind, self.current, outcome)
+        counter = self._counters.get(key)
+        if counter is None:
+            counter = self._counters[key] = metrics.statements.labels(
+                kind, metrics.tenant_label(self.current), self.role, outcome)
+        counter.inc()
         if error is not None:
             metrics.refusals.labels(error.reason).inc()
         if self.engine.audit is not None:

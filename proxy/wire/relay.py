@@ -17,6 +17,7 @@ responses stay in order however deeply the client pipelines.
 from __future__ import annotations
 
 import secrets
+import struct
 import time
 from collections import deque
 from collections.abc import Callable
@@ -25,7 +26,7 @@ from dataclasses import dataclass, field
 from proxy.errors import ConnectionFailure, PgError, ProtocolViolation, Unsupported
 from proxy.sql.hooks import PassThrough, StatementHook
 from proxy.wire.backend import ErrorResponse, NotificationResponse, ParameterStatus
-from proxy.wire.fields import FieldReader
+from proxy.wire.fields import FieldReader, decode_text, encode_text
 from proxy.wire.framing import Frames, MessageFramer
 from proxy.wire.frontend import (
     FRONTEND_DECODERS,
@@ -41,6 +42,7 @@ from proxy.wire.frontend import (
 _Q, _P, _F, _S, _X, _PASSWORD = b"Q"[0], b"P"[0], b"F"[0], b"S"[0], b"X"[0], b"p"[0]
 _B, _EXECUTE, _CLOSE = b"B"[0], b"E"[0], b"C"[0]
 _COPY_DATA, _COPY_DONE, _COPY_FAIL = b"d"[0], b"c"[0], b"f"[0]
+_LENGTH = struct.Struct("!i")
 _Z, _ERROR, _NOTIFICATION, _STATUS = b"Z"[0], b"E"[0], b"A"[0], b"S"[0]
 
 
@@ -148,13 +150,17 @@ class Relay:
         kind, body = span[0], frames.body(span)
         hook = self._hook
         if kind == _Q:
-            sql = Query.decode(FieldReader(body, "Query")).sql
+            if not body.endswith(b"\0") or b"\0" in body[:-1]:
+                raise ProtocolViolation("invalid Query message: not one NUL-terminated string")
             hook.rfq_due = self.sent
             try:
-                new_sql = hook.query(sql)
+                new_sql = hook.query(decode_text(body[:-1]))
             except PgError as exc:
                 return self._refuse(exc, Query)
-            return None if new_sql is None else Query(new_sql).encode()
+            if new_sql is None:
+                return None
+            raw = encode_text(new_sql)
+            return b"Q" + _LENGTH.pack(len(raw) + 5) + raw + b"\0"
         if kind == _P:
             parse = Parse.decode(FieldReader(body, "Parse"))
             hook.rfq_due = self.sent + 1
