@@ -196,3 +196,38 @@ def test_audit_trail_of_decisions(db: Database, certs: CertFiles, tmp_path: Path
     bad = subprocess.run([sys.executable, "-m", "proxy.cli.main", "audit", "verify",
                           str(trail)], capture_output=True, text=True, env=env, check=False)
     assert bad.returncode == 1 and "BAD at" in bad.stdout and ":2:" in bad.stdout
+
+
+def test_logs_are_json_lines_without_secrets(db: Database, certs: CertFiles,
+                                             tmp_path: Path) -> None:
+    """`tenant-proxy run` logs one JSON event per line; a failed login names the
+    user, never the password it tried."""
+    import json
+    import subprocess
+    import sys
+
+    from proxy.auth.scram import make_verifier
+    from proxy.localpg.cluster import free_port
+
+    port = free_port()
+    config = tmp_path / "proxy.yaml"
+    config.write_text(f"""
+listen: 127.0.0.1:{port}
+upstream: {{host: 127.0.0.1, port: {db.port}, sslmode: disable, password: "upstream-secret"}}
+auth: {{users: {{app: "{make_verifier('right-password')}"}}}}
+""")
+    proc = subprocess.Popen([sys.executable, "-m", "proxy.cli.main", "run", "--config",
+                             str(config), "--log-format", "json"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and "listening" in proc.stdout.readline()
+        with pytest.raises(psycopg.OperationalError):
+            psycopg.connect(f"postgresql://app:wrong-password-xyz@127.0.0.1:{port}/postgres")
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=10)
+    events = [json.loads(line) for line in err.splitlines() if line.strip()]
+    assert events and all({"ts", "level", "logger", "msg"} <= e.keys() for e in events)
+    assert any(e["level"] == "warning" and "authentication failed" in e["msg"]
+               for e in events)
+    assert "wrong-password-xyz" not in err and "upstream-secret" not in err
