@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import re
+from dataclasses import replace
 
 import pglast
 import pglast.stream
@@ -21,6 +22,7 @@ from proxy.errors import PgError, Refused, Unsupported
 from proxy.policy.rules import Rules
 from proxy.sql.builtins import SAFE_SETTINGS
 from proxy.sql.copyin import CopyFormat
+from proxy.sql.facts import statement_facts
 from proxy.sql.plan import IdentityAction, Plan, SqlObject
 from proxy.sql.rewrite import TENANT_SENTINEL, classify_relation, scope_statement
 from proxy.sql.statements import (
@@ -377,10 +379,11 @@ def _plan(sql: str, rules: Rules, extended: bool) -> Plan:
     if not statements:
         return Plan()
     kinds = tuple(s.kind for s in statements)
+    facts = statement_facts(statements)
     try:
-        return _plan_statements(statements, kinds, rules, extended)
+        return replace(_plan_statements(statements, kinds, rules, extended), facts=facts)
     except PgError as exc:
-        return Plan(error=exc, kinds=kinds)
+        return Plan(error=exc, kinds=kinds, facts=facts)
 
 
 def _plan_statements(statements: list[Statement], kinds: tuple[str, ...], rules: Rules,

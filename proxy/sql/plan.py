@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from proxy.errors import PgError
 from proxy.sql.copyin import CopyFormat
+from proxy.sql.facts import StatementFacts
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +55,8 @@ class Plan:
     #: For plans shared by statements differing only in literals: the rewritten
     #: text split at the literal slots (the tenant still as the sentinel).
     template: tuple[str, ...] | None = None
+    #: How the statement looks, for the anomaly model (refused ones too).
+    facts: StatementFacts = field(default_factory=StatementFacts)
 
     def render(self, tenant_literal: str) -> str | None:
         if self.parts is None:
