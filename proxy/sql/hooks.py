@@ -46,6 +46,12 @@ class StatementHook(Protocol):
     def notification_allowed(self, channel: str) -> bool:
         """Whether a NotificationResponse on ``channel`` may reach the client."""
 
+    def completed(self, rows: int) -> None:
+        """A CommandComplete from the server, with its row count (0 if none)."""
+
+    def server_error(self, sqlstate: str) -> None:
+        """An ErrorResponse from the server (refusals are not reported here)."""
+
     @property
     def copying(self) -> bool:
         """True while COPY ... FROM STDIN rows must pass through ``copy_data``."""
@@ -87,6 +93,12 @@ class PassThrough:
 
     def notification_allowed(self, channel: str) -> bool:
         return True
+
+    def completed(self, rows: int) -> None:
+        return None
+
+    def server_error(self, sqlstate: str) -> None:
+        return None
 
     copying = False
 

@@ -23,6 +23,7 @@ from proxy.observability.audit import AuditWriter
 from proxy.observability.metrics import METRICS, Metrics
 from proxy.policy.rules import Rules, UserRule
 from proxy.policy.tokens import TokenError, TokenVerifier
+from proxy.sql.activity import SessionActivity
 from proxy.sql.builtins import SAFE_SETTINGS
 from proxy.sql.copyin import CopyIn
 from proxy.sql.engine import TENANT_SETTING, plan_statement
@@ -180,6 +181,7 @@ class TenantSession:
     inspects: bool = True
     scoped: bool = True
     copy: CopyIn | None = None
+    activity: SessionActivity = field(default_factory=SessionActivity)
     _counters: dict[tuple[str, str | None, str], Any] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
@@ -280,6 +282,12 @@ class TenantSession:
 
     def notification_allowed(self, channel: str) -> bool:
         return self.engine.rules.channel_allowed(channel, self.current)
+
+    def completed(self, rows: int) -> None:
+        self.activity.completed(rows)
+
+    def server_error(self, sqlstate: str) -> None:
+        self.activity.error()
 
     @property
     def copying(self) -> bool:

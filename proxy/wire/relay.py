@@ -44,6 +44,7 @@ _B, _EXECUTE, _CLOSE = b"B"[0], b"E"[0], b"C"[0]
 _COPY_DATA, _COPY_DONE, _COPY_FAIL = b"d"[0], b"c"[0], b"f"[0]
 _LENGTH = struct.Struct("!i")
 _Z, _ERROR, _NOTIFICATION, _STATUS = b"Z"[0], b"E"[0], b"A"[0], b"S"[0]
+_COMMAND_COMPLETE = b"C"[0]
 
 
 @dataclass(slots=True)
@@ -243,7 +244,11 @@ class Relay:
                     # Markers the upstream skipped (after an earlier error) never come back.
                     self._refusals.clear()
                 continue
-            if kind == _ERROR:
+            if kind == _COMMAND_COMPLETE and self._hook.inspects:
+                tag = frames.data[start + 5:end - 1]
+                count = tag.rsplit(b" ", 1)[-1]
+                self._hook.completed(int(count) if count.isdigit() else 0)
+            elif kind == _ERROR:
                 replacement = self._error(frames.data[start + 5:end])
             elif kind == _STATUS and self._hook.scoped:
                 check_server_parameter(ParameterStatus.decode(FieldReader(
@@ -269,6 +274,7 @@ class Relay:
             fields = ErrorResponse.decode(FieldReader(body, "ErrorResponse")).fields
             if fields.get("V", fields.get("S")) in ("FATAL", "PANIC"):
                 self.upstream_fatal = True
+            self._hook.server_error(fields.get("C", ""))
             return None
         message = ErrorResponse.decode(FieldReader(body, "ErrorResponse")).message
         start = message.find(self._marker)

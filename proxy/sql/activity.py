@@ -1,0 +1,50 @@
+"""What a session has been doing lately: the statement rate, its recent errors
+and the rows its last statement returned (anomaly features that belong to
+the session, not to a statement)."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+ERROR_WINDOW = 20
+RATE_WINDOW = 10.0
+
+
+@dataclass
+class SessionActivity:
+    clock: object = time.monotonic
+    last_rows: int = 0
+    _outcomes: deque[bool] = field(default_factory=lambda: deque(maxlen=ERROR_WINDOW))
+    _times: deque[float] = field(default_factory=deque)
+
+    def statement(self, refused: bool) -> None:
+        now = self.clock()  # type: ignore[operator]
+        self._times.append(now)
+        while self._times and now - self._times[0] > RATE_WINDOW:
+            self._times.popleft()
+        self._outcomes.append(refused)
+
+    def error(self) -> None:
+        if self._outcomes:
+            self._outcomes[-1] = True
+        else:
+            self._outcomes.append(True)
+
+    def completed(self, rows: int) -> None:
+        self.last_rows = rows
+
+    @property
+    def error_burst(self) -> float:
+        return sum(self._outcomes) / ERROR_WINDOW
+
+    @property
+    def rate(self) -> float:
+        """log1p(statements per second over the window) / 10, at most 1."""
+        return min(1.0, math.log1p(len(self._times) / RATE_WINDOW) / 10)
+
+    @property
+    def rows(self) -> float:
+        return min(1.0, math.log1p(self.last_rows) / 20)
