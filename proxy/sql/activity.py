@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 ERROR_WINDOW = 20
@@ -15,13 +16,13 @@ RATE_WINDOW = 10.0
 
 @dataclass
 class SessionActivity:
-    clock: object = time.monotonic
+    clock: Callable[[], float] = time.monotonic
     last_rows: int = 0
     _outcomes: deque[bool] = field(default_factory=lambda: deque(maxlen=ERROR_WINDOW))
     _times: deque[float] = field(default_factory=deque)
 
     def statement(self, refused: bool) -> None:
-        now = self.clock()  # type: ignore[operator]
+        now = self.clock()
         self._times.append(now)
         while self._times and now - self._times[0] > RATE_WINDOW:
             self._times.popleft()

@@ -224,6 +224,7 @@ class TenantSession:
                start: float, sql: str) -> None:
         metrics = self.engine.metrics
         metrics.pipeline_seconds.observe(time.perf_counter() - start)
+        self.activity.statement(refused=error is not None)
         if plan is not None and plan.identity is not None:
             kind = "identity"
         else:
