@@ -11,12 +11,11 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from proxy.auth.scram import ScramVerifier
-from proxy.config.yamlsource import ConfigError, Located, load_yaml
+from proxy.config.yamlsource import ConfigError, Located, load_yaml, resolve_secret
 
 SSLMODES = ("disable", "prefer", "require", "verify-ca", "verify-full")
 CLIENT_AUTH_METHODS = ("scram-sha-256", "trust")
@@ -159,22 +158,8 @@ class _Reader:
         return value
 
     def secret(self, path: tuple[str, ...], section: dict[str, Any]) -> str | None:
-        """A secret given inline, as {env: NAME} or as {file: PATH}."""
         raw = section.get(path[-1])
-        if raw is None or isinstance(raw, str):
-            return raw
-        if isinstance(raw, dict) and len(raw) == 1:
-            (how, where), = raw.items()
-            if how == "env":
-                if where not in os.environ:
-                    raise self.doc.error(path, f"environment variable {where} is not set")
-                return os.environ[where]
-            if how == "file":
-                try:
-                    return Path(where).read_text().strip()
-                except OSError as exc:
-                    raise self.doc.error(path, f"cannot read {where}: {exc.strerror}") from exc
-        raise self.doc.error(path, "expected a string, {env: NAME} or {file: PATH}")
+        return None if raw is None else resolve_secret(self.doc, path, raw)
 
 
 def _limits(r: _Reader) -> Limits:

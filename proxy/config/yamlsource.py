@@ -6,6 +6,7 @@ upstream.port: expected an integer`` is worth far more than a traceback.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,25 @@ class Located:
                 return self.lines[path]
             path = path[:-1]
         return self.lines.get((), None)
+
+
+def resolve_secret(doc: Located, path: tuple[str, ...], value: Any) -> str:
+    """A secret written inline, as ``{env: NAME}`` or as ``{file: PATH}``; keeping it
+    out of the file itself is the point of the last two."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, dict) and len(value) == 1:
+        (how, where), = value.items()
+        if how == "env":
+            if where not in os.environ:
+                raise doc.error(path, f"environment variable {where} is not set")
+            return os.environ[where]
+        if how == "file":
+            try:
+                return Path(where).read_text().strip()
+            except OSError as exc:
+                raise doc.error(path, f"cannot read {where}: {exc.strerror}") from exc
+    raise doc.error(path, "expected a string, {env: NAME} or {file: PATH}")
 
 
 def _scalar(node: yaml.Node) -> Any:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from proxy.config.yamlsource import ConfigError, Located, load_yaml, parse_yaml
+from proxy.config.yamlsource import ConfigError, Located, load_yaml, parse_yaml, resolve_secret
 
 RULES_VERSION = 1
 TENANT_TYPES = ("bigint", "integer", "text", "uuid")
@@ -145,22 +145,7 @@ class _Loader:
         return frozenset(v.lower() for v in value)
 
     def secret(self, path: tuple[str, ...], value: Any) -> str:
-        import os
-
-        if isinstance(value, str):
-            return value
-        if isinstance(value, dict) and len(value) == 1:
-            (how, where), = value.items()
-            if how == "env":
-                if where not in os.environ:
-                    raise self.doc.error(path, f"environment variable {where} is not set")
-                return os.environ[where]
-            if how == "file":
-                try:
-                    return Path(where).read_text().strip()
-                except OSError as exc:
-                    raise self.doc.error(path, f"cannot read {where}: {exc.strerror}") from exc
-        raise self.doc.error(path, "expected a string, {env: NAME} or {file: PATH}")
+        return resolve_secret(self.doc, path, value)
 
 
 def _tables(ld: _Loader, raw: Any, default_column: str) -> dict[str, TableRule]:

@@ -78,16 +78,22 @@ async def _open_socket(settings: UpstreamSettings) -> tuple[asyncio.StreamReader
     raise CannotConnect(f"upstream server does not support SSL, but sslmode is {settings.sslmode}")
 
 
+async def _startup_message(stream: MessageStream, phase: str) -> tuple[int, bytes]:
+    """The next message before ReadyForQuery; an upstream error ends the login."""
+    msg = await stream.recv()
+    if msg is None:
+        raise ConnectionFailure(f"upstream closed the connection during {phase}")
+    kind, body = msg
+    if kind == be.ErrorResponse.type_code[0]:
+        raise UpstreamError(be.ErrorResponse.decode(FieldReader(body, "ErrorResponse")).fields)
+    return kind, body
+
+
 async def _authenticate(stream: MessageStream, writer: asyncio.StreamWriter, user: str,
                         password: str | None) -> None:
     scram: ScramClient | None = None
     while True:
-        msg = await stream.recv()
-        if msg is None:
-            raise ConnectionFailure("upstream closed the connection during authentication")
-        kind, body = msg
-        if kind == be.ErrorResponse.type_code[0]:
-            raise UpstreamError(be.ErrorResponse.decode(FieldReader(body, "ErrorResponse")).fields)
+        kind, body = await _startup_message(stream, "authentication")
         if kind != be.Authentication.type_code[0]:
             raise ConnectionFailure(f"unexpected message {bytes((kind,))!r} from upstream "
                                     "during authentication")
@@ -150,18 +156,13 @@ async def _start(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
     await _authenticate(stream, writer, user, settings.password_for(user))
     conn = UpstreamConnection(reader, writer)
     while True:
-        msg = await stream.recv()
-        if msg is None:
-            raise ConnectionFailure("upstream closed the connection during startup")
-        kind, body = msg
+        kind, body = await _startup_message(stream, "startup")
         if kind == be.ParameterStatus.type_code[0]:
             conn.parameter_status.append(be.ParameterStatus.decode(
                 FieldReader(body, "ParameterStatus")).encode())
         elif kind == be.BackendKeyData.type_code[0]:
             key = be.BackendKeyData.decode(FieldReader(body, "BackendKeyData"))
             conn.process_id, conn.secret_key = key.process_id, key.secret_key
-        elif kind == be.ErrorResponse.type_code[0]:
-            raise UpstreamError(be.ErrorResponse.decode(FieldReader(body, "ErrorResponse")).fields)
         elif kind == be.ReadyForQuery.type_code[0]:
             conn.status = be.ReadyForQuery.decode(FieldReader(body, "ReadyForQuery")).status
             conn.leftover = stream.leftover()

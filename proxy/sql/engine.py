@@ -409,15 +409,13 @@ def _plan_statements(statements: list[Statement], kinds: tuple[str, ...], rules:
                 raise Refused(f"{stmt.kind.removesuffix('Stmt').upper()} must be sent on its "
                               "own")
             data, sql_object = _sql_object(stmt, rules)
-            texts.append(data.text)
-            changed |= data.changed
-            needs_tenant |= data.needs_tenant
-            params |= data.params
-            literals += data.literals
-            relations += data.relations
-            continue
-        if stmt.kind in DATA_STATEMENTS or stmt.kind == "CopyStmt":
-            data = plan_data(stmt, rules) if stmt.kind != "CopyStmt" else _copy(stmt, rules)
+        elif stmt.kind in DATA_STATEMENTS:
+            data = plan_data(stmt, rules)
+        elif stmt.kind == "CopyStmt":
+            data = _copy(stmt, rules)
+        else:
+            data = None
+        if data is not None:
             texts.append(data.text)
             changed |= data.changed
             needs_tenant |= data.needs_tenant

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from proxy.errors import ProtocolViolation
+from proxy.wire.common import CopyData, CopyDone, EmptyMessage
 from proxy.wire.fields import FieldReader, FieldWriter, frame
 
 # Authentication request codes ('R' messages).
@@ -89,51 +90,33 @@ class BackendKeyData:
 
 
 @dataclass(frozen=True, slots=True)
-class _Empty:
-    type_code: ClassVar[bytes] = b""
-
-    @classmethod
-    def decode(cls, r: FieldReader) -> _Empty:
-        r.end()
-        return cls()
-
-    def encode(self) -> bytes:
-        return frame(self.type_code, b"")
-
-
-@dataclass(frozen=True, slots=True)
-class ParseComplete(_Empty):
+class ParseComplete(EmptyMessage):
     type_code: ClassVar[bytes] = b"1"
 
 
 @dataclass(frozen=True, slots=True)
-class BindComplete(_Empty):
+class BindComplete(EmptyMessage):
     type_code: ClassVar[bytes] = b"2"
 
 
 @dataclass(frozen=True, slots=True)
-class CloseComplete(_Empty):
+class CloseComplete(EmptyMessage):
     type_code: ClassVar[bytes] = b"3"
 
 
 @dataclass(frozen=True, slots=True)
-class NoData(_Empty):
+class NoData(EmptyMessage):
     type_code: ClassVar[bytes] = b"n"
 
 
 @dataclass(frozen=True, slots=True)
-class EmptyQueryResponse(_Empty):
+class EmptyQueryResponse(EmptyMessage):
     type_code: ClassVar[bytes] = b"I"
 
 
 @dataclass(frozen=True, slots=True)
-class PortalSuspended(_Empty):
+class PortalSuspended(EmptyMessage):
     type_code: ClassVar[bytes] = b"s"
-
-
-@dataclass(frozen=True, slots=True)
-class CopyDone(_Empty):
-    type_code: ClassVar[bytes] = b"c"
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,19 +132,6 @@ class CommandComplete:
 
     def encode(self) -> bytes:
         return frame(self.type_code, FieldWriter().cstring(self.tag).body())
-
-
-@dataclass(frozen=True, slots=True)
-class CopyData:
-    type_code: ClassVar[bytes] = b"d"
-    data: bytes
-
-    @classmethod
-    def decode(cls, r: FieldReader) -> CopyData:
-        return cls(r.rest())
-
-    def encode(self) -> bytes:
-        return frame(self.type_code, self.data)
 
 
 @dataclass(frozen=True, slots=True)

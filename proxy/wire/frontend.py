@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from proxy.errors import ProtocolViolation
+from proxy.wire.common import CopyData, CopyDone, EmptyMessage
 from proxy.wire.fields import FieldReader, FieldWriter, frame, frame_untyped
 
 PROTOCOL_3_0 = 3 << 16
@@ -267,51 +268,18 @@ class Execute:
 
 
 @dataclass(frozen=True, slots=True)
-class _Empty:
-    """Base for messages with no body."""
-
-    type_code: ClassVar[bytes] = b""
-
-    @classmethod
-    def decode(cls, r: FieldReader) -> _Empty:
-        r.end()
-        return cls()
-
-    def encode(self) -> bytes:
-        return frame(self.type_code, b"")
-
-
-@dataclass(frozen=True, slots=True)
-class Sync(_Empty):
+class Sync(EmptyMessage):
     type_code: ClassVar[bytes] = b"S"
 
 
 @dataclass(frozen=True, slots=True)
-class Flush(_Empty):
+class Flush(EmptyMessage):
     type_code: ClassVar[bytes] = b"H"
 
 
 @dataclass(frozen=True, slots=True)
-class Terminate(_Empty):
+class Terminate(EmptyMessage):
     type_code: ClassVar[bytes] = b"X"
-
-
-@dataclass(frozen=True, slots=True)
-class CopyData:
-    type_code: ClassVar[bytes] = b"d"
-    data: bytes
-
-    @classmethod
-    def decode(cls, r: FieldReader) -> CopyData:
-        return cls(r.rest())
-
-    def encode(self) -> bytes:
-        return frame(self.type_code, self.data)
-
-
-@dataclass(frozen=True, slots=True)
-class CopyDone(_Empty):
-    type_code: ClassVar[bytes] = b"c"
 
 
 @dataclass(frozen=True, slots=True)
