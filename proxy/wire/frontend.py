@@ -211,17 +211,19 @@ def _target_kind(value: int, what: str) -> str:
 
 
 @dataclass(frozen=True, slots=True)
-class Describe:
-    type_code: ClassVar[bytes] = b"D"
-    kind: str  # 'S' statement or 'P' portal
+class _Target:
+    """Describe and Close: a kind ('S' statement or 'P' portal) and a name."""
+
+    type_code: ClassVar[bytes] = b""
+    kind: str
     name: str
 
     def __post_init__(self) -> None:
-        _target_kind(ord(self.kind), "Describe")
+        _target_kind(ord(self.kind), type(self).__name__)
 
     @classmethod
-    def decode(cls, r: FieldReader) -> Describe:
-        kind = _target_kind(r.byte(), "Describe")
+    def decode(cls, r: FieldReader) -> _Target:
+        kind = _target_kind(r.byte(), cls.__name__)
         name = r.cstring()
         r.end()
         return cls(kind, name)
@@ -231,23 +233,13 @@ class Describe:
 
 
 @dataclass(frozen=True, slots=True)
-class Close:
+class Describe(_Target):
+    type_code: ClassVar[bytes] = b"D"
+
+
+@dataclass(frozen=True, slots=True)
+class Close(_Target):
     type_code: ClassVar[bytes] = b"C"
-    kind: str
-    name: str
-
-    def __post_init__(self) -> None:
-        _target_kind(ord(self.kind), "Close")
-
-    @classmethod
-    def decode(cls, r: FieldReader) -> Close:
-        kind = _target_kind(r.byte(), "Close")
-        name = r.cstring()
-        r.end()
-        return cls(kind, name)
-
-    def encode(self) -> bytes:
-        return frame(self.type_code, FieldWriter().byte(ord(self.kind)).cstring(self.name).body())
 
 
 @dataclass(frozen=True, slots=True)
