@@ -134,6 +134,24 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
     return verify_command(paths, key.encode())
 
 
+def cmd_anomaly_report(args: argparse.Namespace) -> int:
+    from proxy.anomaly.detector import Report
+
+    path = args.file
+    if path is None:
+        rules = _load(args.rules) if args.rules else None
+        path = rules.anomaly.report if rules else None
+    if not path:
+        print("tenant-proxy: give --file, or --rules with anomaly.report set", file=sys.stderr)
+        return 2
+    try:
+        print(Report.load(path).summary())
+    except (OSError, ValueError) as exc:
+        print(f"tenant-proxy: cannot read {path}: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def add_tool_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     check = sub.add_parser("check", help="validate a rules file (and a database against it)")
     check.add_argument("rules")
@@ -167,3 +185,10 @@ def add_tool_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
                         help="also check FILE's rotated files (FILE.N ... FILE.1)")
     verify.add_argument("--key-env", default="TENANT_PROXY_AUDIT_KEY")
     verify.set_defaults(func=cmd_audit_verify)
+
+    anomaly = sub.add_parser("anomaly", help="anomaly detection tools")
+    anomaly_sub = anomaly.add_subparsers(dest="anomaly_command", required=True)
+    report = anomaly_sub.add_parser("report", help="what was flagged and why")
+    report.add_argument("--file", help="the report file (anomaly.report in the rules)")
+    report.add_argument("--rules", help="read anomaly.report from this rules file")
+    report.set_defaults(func=cmd_anomaly_report)

@@ -48,6 +48,16 @@ class TokenKeys:
 
 
 @dataclass(frozen=True)
+class AnomalyRule:
+    mode: str = "off"  # off, learn, monitor, enforce
+    threshold: float = 0.95
+    #: Baseline and model, loaded at start and saved while learning.
+    state: str | None = None
+    #: Summary of flagged statements, for `tenant-proxy anomaly report`.
+    report: str | None = None
+
+
+@dataclass(frozen=True)
 class Rules:
     source: str
     digest: str
@@ -63,6 +73,7 @@ class Rules:
     sql_prepare: bool = False
     users: Mapping[str, UserRule] = field(default_factory=dict)
     tokens: TokenKeys = field(default_factory=TokenKeys)
+    anomaly: AnomalyRule = field(default_factory=AnomalyRule)
 
     @property
     def version(self) -> str:
@@ -219,7 +230,7 @@ def rules_from_document(doc: Located, digest: str) -> Rules:
     ld = _Loader(doc)
     top = ld.mapping((), doc.data, {"version", "tenant", "tables", "default_table_scope",
                                     "functions", "catalog", "notify", "session", "users",
-                                    "tokens"})
+                                    "tokens", "anomaly"})
     version = top.get("version")
     if version != RULES_VERSION:
         raise doc.error(("version",), f"version must be {RULES_VERSION}")
@@ -255,7 +266,24 @@ def rules_from_document(doc: Located, digest: str) -> Rules:
         sql_prepare=sql_prepare == "rewrite",
         users=_users(ld, top.get("users"), base),
         tokens=_tokens(ld, top.get("tokens")),
+        anomaly=_anomaly(ld, top.get("anomaly")),
     )
+
+
+def _anomaly(ld: _Loader, raw: Any) -> AnomalyRule:
+    spec = ld.mapping(("anomaly",), raw, {"mode", "threshold", "state", "report"})
+    threshold = spec.get("threshold", 0.95)
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or \
+            not 0 <= threshold <= 1:
+        raise ld.doc.error(("anomaly", "threshold"), "expected a number from 0 to 1")
+    mode = ld.choice(("anomaly", "mode"), spec.get("mode"),
+                     ("off", "learn", "monitor", "enforce"), "off")
+    state = ld.typed(("anomaly", "state"), spec.get("state"), str, None)
+    if mode == "learn" and state is None:
+        raise ld.doc.error(("anomaly", "mode"), "learn mode needs anomaly.state to keep "
+                           "the baseline it learns")
+    return AnomalyRule(mode, float(threshold), state,
+                       ld.typed(("anomaly", "report"), spec.get("report"), str, None))
 
 
 def parse_rules(text: str, source: str = "<rules>") -> Rules:

@@ -7,6 +7,7 @@ import contextlib
 import logging
 import time
 
+from proxy.anomaly.warmup import warm_up
 from proxy.config.settings import Settings, parse_listen
 from proxy.errors import TooManyConnections
 from proxy.observability.audit import AuditWriter
@@ -22,6 +23,7 @@ from proxy.wire import backend as be
 
 log = logging.getLogger("tenant_proxy.server")
 
+ANOMALY_SAVE_SECONDS = 30.0
 #: How long a readiness answer about the upstream stays good.
 _READY_CACHE_SECONDS = 2.0
 
@@ -55,6 +57,7 @@ class ProxyServer:
         self._server: asyncio.Server | None = None
         self._sessions: dict[asyncio.Task[None], Session] = {}
         self._upstream_checked = (0.0, "not checked yet")
+        self._saver: asyncio.Task[None] | None = None
 
     @property
     def port(self) -> int:
@@ -75,6 +78,18 @@ class ProxyServer:
             self.watcher.start()
         if self.ops is not None:
             await self.ops.start()
+        if self.engine is not None and self.engine.anomaly is not None:
+            seconds = warm_up()  # compile (or load cached) numba code before traffic
+            log.info("anomaly model ready in %.2f s", seconds)
+            self._saver = asyncio.get_running_loop().create_task(self._save_anomaly_state())
+
+    async def _save_anomaly_state(self) -> None:
+        """Persist what the detector learned and flagged, every half minute."""
+        while True:
+            await asyncio.sleep(ANOMALY_SAVE_SECONDS)
+            if self.engine is not None and self.engine.anomaly is not None:
+                await asyncio.get_running_loop().run_in_executor(None,
+                                                                 self.engine.anomaly.save)
 
     async def readiness(self) -> str | None:
         """None when ready: serving, rules loaded, upstream reachable."""
@@ -143,6 +158,10 @@ class ProxyServer:
         self.state.draining = True
         if self.watcher is not None:
             await self.watcher.stop()
+        if self._saver is not None:
+            self._saver.cancel()
+        if self.engine is not None and self.engine.anomaly is not None:
+            self.engine.anomaly.save()
         if self._server is not None:
             self._server.close()
         for task in list(self._sessions):

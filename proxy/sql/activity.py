@@ -4,7 +4,6 @@ the session, not to a statement)."""
 
 from __future__ import annotations
 
-import math
 import time
 from collections import deque
 from collections.abc import Callable
@@ -38,14 +37,9 @@ class SessionActivity:
         self.last_rows = rows
 
     @property
-    def error_burst(self) -> float:
-        return sum(self._outcomes) / ERROR_WINDOW
+    def recent_errors(self) -> int:
+        return sum(self._outcomes)
 
     @property
-    def rate(self) -> float:
-        """log1p(statements per second over the window) / 10, at most 1."""
-        return min(1.0, math.log1p(len(self._times) / RATE_WINDOW) / 10)
-
-    @property
-    def rows(self) -> float:
-        return min(1.0, math.log1p(self.last_rows) / 20)
+    def statements_per_second(self) -> float:
+        return len(self._times) / RATE_WINDOW

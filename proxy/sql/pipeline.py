@@ -18,6 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from proxy.anomaly.detector import Verdict
+from proxy.anomaly.runtime import AnomalyRuntime
 from proxy.errors import InvalidAuthorization, PgError, Refused
 from proxy.observability.audit import AuditWriter
 from proxy.observability.metrics import METRICS, Metrics
@@ -59,6 +61,7 @@ class Engine:
         self.cache = PlanCache(cache_size)
         self.metrics = metrics
         self.audit = audit
+        self.anomaly = AnomalyRuntime(rules.anomaly) if rules.anomaly.mode != "off" else None
         # Bound once: labels() costs more than the increment it feeds.
         self._hits = metrics.cache_lookups.labels("hit")
         self._misses = metrics.cache_lookups.labels("miss")
@@ -76,6 +79,12 @@ class Engine:
     def swap(self, rules: Rules) -> None:
         """Install new rules; statements already planned finish under the old ones."""
         self.verifier = self._verifier(rules)
+        if rules.anomaly.mode == "off":
+            self.anomaly = None
+        elif self.anomaly is None or self.anomaly.rule.state != rules.anomaly.state:
+            self.anomaly = AnomalyRuntime(rules.anomaly)
+        else:
+            self.anomaly.update(rules.anomaly)
         self.rules = rules
         self.cache.clear()
         self.metrics.set_rules_version(rules.version)
@@ -120,6 +129,8 @@ class Engine:
     def _store(self, key: tuple[str, str, str], make: Callable[[], Plan]) -> Plan:
         start = time.perf_counter()
         plan = make()
+        if plan is not _EXACT:
+            plan = replace(plan, fingerprint=_fingerprint(key[2]))
         self.metrics.plan_seconds.observe(time.perf_counter() - start)
         if plan.identity is None:  # never keep token text in the cache
             evicted = self.cache.evictions
@@ -222,7 +233,22 @@ class TenantSession:
 
     def _count(self, plan: Plan | None, outcome: str, error: PgError | None,
                start: float, sql: str) -> None:
+        """Metrics, anomaly score and audit record of one statement. In enforce mode
+        an anomalous statement that was about to be forwarded is refused here."""
         metrics = self.engine.metrics
+        verdict = None
+        anomaly = self.engine.anomaly
+        if anomaly is not None and plan is not None:
+            verdict = anomaly.assess(self.role, self.current, plan.fingerprint, plan.facts, sql,
+                                     error is not None, self.activity)
+            metrics.anomaly_score.observe(verdict.score)
+            if verdict.refuse and error is None:
+                error = Refused(f"statement refused as anomalous: {verdict.reason()}",
+                                hint="An operator can review it with "
+                                     "`tenant-proxy anomaly report`.", reason="anomaly")
+                outcome = "refused"
+            elif verdict.flagged and error is None:
+                outcome = "flagged"
         metrics.pipeline_seconds.observe(time.perf_counter() - start)
         self.activity.statement(refused=error is not None)
         if plan is not None and plan.identity is not None:
@@ -238,8 +264,11 @@ class TenantSession:
         if error is not None:
             metrics.refusals.labels(error.reason).inc()
         if self.engine.audit is not None:
-            audit_statement(self.engine.audit, self.role, self.current, kind, sql, outcome,
-                            error, plan.relations if plan else ())
+            audit_statement(self.engine.audit, self.role, self.current, kind,
+                            plan.fingerprint if plan else fingerprint(sql), outcome, error,
+                            plan.facts.relations if plan else (), verdict)
+        if error is not None and outcome == "refused" and error.reason == "anomaly":
+            raise error
 
     def bind(self, body: bytes) -> None:
         portal_end = body.index(b"\0")
@@ -447,21 +476,29 @@ class TenantSession:
                                hint="The session now has no tenant.") from exc
 
 
-def fingerprint(sql: str) -> str:
-    """A stable id for a statement's shape: its literals and comments never show."""
-    norm = normalize(sql)
-    text = norm.key if norm is not None else "\x00exact\x00" + sql
+def _fingerprint(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()[:16]
 
 
-def audit_statement(audit: AuditWriter, role: str, tenant: str | None, kind: str, sql: str,
-                    outcome: str, error: PgError | None, relations: tuple[str, ...]) -> None:
+def fingerprint(sql: str) -> str:
+    """A stable id for a statement's shape: its literals and comments never show."""
+    norm = normalize(sql)
+    return _fingerprint(norm.key if norm is not None else sql)
+
+
+def audit_statement(audit: AuditWriter, role: str, tenant: str | None, kind: str,
+                    fingerprint: str, outcome: str, error: PgError | None,
+                    relations: tuple[str, ...], verdict: Verdict | None = None) -> None:
     """One audit record: who, tenant, fingerprint, outcome, reason; never values."""
     event: dict[str, object] = {"role": role, "tenant": tenant, "kind": kind,
-                                "fingerprint": fingerprint(sql), "outcome": outcome,
+                                "fingerprint": fingerprint, "outcome": outcome,
                                 "relations": sorted(set(relations))}
     if error is not None:
         event.update(reason=error.reason, sqlstate=error.sqlstate)
+    if verdict is not None:
+        event["anomaly_score"] = round(verdict.score, 4)
+        if verdict.top:
+            event["anomaly_top"] = [name for name, _ in verdict.top]
     audit.write(event)
 
 
@@ -484,8 +521,8 @@ class BypassSession(PassThrough):
     def _audit(self, sql: str) -> None:
         self.engine.metrics.statements.labels("bypass", "none", self.role, "forwarded").inc()
         if self.engine.audit is not None:
-            audit_statement(self.engine.audit, self.role, None, "bypass", sql, "forwarded",
-                            None, ())
+            audit_statement(self.engine.audit, self.role, None, "bypass", fingerprint(sql),
+                            "forwarded", None, ())
 
 
 def _literal_value(literal: str) -> str | None:

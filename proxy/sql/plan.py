@@ -57,6 +57,8 @@ class Plan:
     template: tuple[str, ...] | None = None
     #: How the statement looks, for the anomaly model (refused ones too).
     facts: StatementFacts = field(default_factory=StatementFacts)
+    #: A stable id of the statement's shape (its cache key, hashed).
+    fingerprint: str = ""
 
     def render(self, tenant_literal: str) -> str | None:
         if self.parts is None:

@@ -1,0 +1,1 @@
+"""Anomaly scoring of statements: feature layout, Half-Space Trees model, baselines, detector."""
