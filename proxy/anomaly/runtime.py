@@ -41,7 +41,10 @@ class AnomalyRuntime:
             else Report()
 
     def update(self, rule: AnomalyRule) -> None:
-        """Rules reload: mode and threshold change in place; the learned state stays."""
+        """Rules reload: mode and threshold change in place; the learned state stays,
+        and is saved when learning ends."""
+        if self.rule.mode == "learn" and rule.mode != "learn" and self.rule.state:
+            self.detector.save(self.rule.state)
         self.rule = rule
         self.detector.mode = rule.mode
         self.detector.threshold = rule.threshold
