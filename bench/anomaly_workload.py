@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import psycopg
 
 ATTACK_FAMILIES = ("boolean", "union", "time", "error", "stacked", "enumeration")
+TENANTS = ("1", "2", "3")
 
 
 @dataclass
@@ -47,6 +48,8 @@ class VulnerableShop:
 
     # --- ordinary ORM-style traffic ----------------------------------------------
     def benign(self, rng: random.Random) -> int:
+        if rng.randrange(8) == 0:  # requests of many tenants share the connection
+            self.run(f"SET tenant_proxy.tenant = '{rng.choice(TENANTS)}'")
         choice = rng.randrange(10)
         n = rng.randrange(1, 40)
         if choice == 0:
@@ -114,12 +117,14 @@ def attack_payloads(family: str, rng: random.Random) -> Iterator[Callable[[Vulne
 
 
 def _scores_since(audit_path: str, mark: int) -> tuple[list[float], int]:
+    """Anomaly scores of the statements audited after line ``mark`` (identity
+    statements, which the proxy answers itself, are left out)."""
     import json
 
     with open(audit_path) as f:
         lines = f.read().splitlines()
-    scores = [json.loads(line)["event"].get("anomaly_score", 0.0) for line in lines[mark:]]
-    return scores, len(lines)
+    events = [json.loads(line)["event"] for line in lines[mark:]]
+    return [e.get("anomaly_score", 0.0) for e in events if e["kind"] != "identity"], len(lines)
 
 
 def measure(connect: Callable[[], psycopg.Connection],
@@ -149,13 +154,16 @@ def measure(connect: Callable[[], psycopg.Connection],
         held, mark = _scores_since(audit_path, mark)
         detection: dict[str, float] = {}
         for family in ATTACK_FAMILIES:
+            hits = tries = 0
             for _ in range(attack_rounds):
                 for call in attack_payloads(family, rng):
-                    call(shop)
                     shop.benign(rng)  # attacks hide among ordinary requests
-            scores, mark = _scores_since(audit_path, mark)
-            attack_scores = scores[0::2]
-            detection[family] = sum(s > threshold for s in attack_scores) / len(attack_scores)
+                    _, mark = _scores_since(audit_path, mark)
+                    call(shop)
+                    scores, mark = _scores_since(audit_path, mark)
+                    tries += 1
+                    hits += bool(scores) and max(scores) > threshold
+            detection[family] = hits / tries
     return {
         "threshold": threshold,
         "false_positive_rate": sum(s > threshold for s in held) / len(held),

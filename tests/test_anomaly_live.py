@@ -97,4 +97,27 @@ def test_enforce_refuses_attacks_and_allows_the_baseline(db: Database, certs: Ce
                                match="refused as anomalous: anomaly score"):
                 conn.execute("SELECT id, name FROM users WHERE email = 'x' UNION SELECT "
                              "oid::int, relname FROM pg_class --'")
+            conn.execute("SET tenant_proxy.tenant = '1'")  # never refused as anomalous
             assert conn.execute("SELECT total FROM orders WHERE id = 3").fetchall()
+
+
+def test_anomaly_report_command(tmp_path: Path) -> None:
+    """`tenant-proxy anomaly report` prints what was flagged and why."""
+    import subprocess
+    import sys
+
+    from proxy.anomaly.detector import Report, Verdict
+
+    report = Report()
+    report.record("shop", "1", Verdict(0.97, True, False, (("tautology", 0.4), ("union", 0.2))))
+    report.record("shop", "1", Verdict(0.91, True, True, (("catalog_probe", 0.5),)))
+    path = tmp_path / "report.json"
+    report.save(path)
+    out = subprocess.run([sys.executable, "-m", "proxy.cli.main", "anomaly", "report",
+                          "--file", str(path)], capture_output=True, text=True, check=False)
+    assert out.returncode == 0, out.stderr
+    assert "shop" in out.stdout and "tautology" in out.stdout and "catalog_probe" in out.stdout
+    missing = subprocess.run([sys.executable, "-m", "proxy.cli.main", "anomaly", "report",
+                              "--file", str(tmp_path / "none.json")], capture_output=True,
+                             text=True, check=False)
+    assert missing.returncode == 2 and "cannot read" in missing.stderr

@@ -242,7 +242,7 @@ class TenantSession:
             verdict = anomaly.assess(self.role, self.current, plan.fingerprint, plan.facts, sql,
                                      error is not None, self.activity)
             metrics.anomaly_score.observe(verdict.score)
-            if verdict.refuse and error is None:
+            if verdict.refuse and error is None and plan.identity is None:
                 error = Refused(f"statement refused as anomalous: {verdict.reason()}",
                                 hint="An operator can review it with "
                                      "`tenant-proxy anomaly report`.", reason="anomaly")
