@@ -276,8 +276,9 @@ def _anomaly(ld: _Loader, raw: Any) -> AnomalyRule:
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or \
             not 0 <= threshold <= 1:
         raise ld.doc.error(("anomaly", "threshold"), "expected a number from 0 to 1")
-    mode = ld.choice(("anomaly", "mode"), spec.get("mode"),
-                     ("off", "learn", "monitor", "enforce"), "off")
+    raw_mode = spec.get("mode")
+    mode = ld.choice(("anomaly", "mode"), "off" if raw_mode is False else raw_mode,
+                     ("off", "learn", "monitor", "enforce"), "off")  # YAML reads `off` as false
     state = ld.typed(("anomaly", "state"), spec.get("state"), str, None)
     if mode == "learn" and state is None:
         raise ld.doc.error(("anomaly", "mode"), "learn mode needs anomaly.state to keep "
