@@ -165,3 +165,13 @@ rules_reload_interval: 0
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_anomaly_section() -> None:
+    assert parse_rules("version: 1\nanomaly: {mode: off}\n").anomaly.mode == "off"
+    rules = parse_rules("version: 1\nanomaly: {mode: monitor, threshold: 0.8}\n")
+    assert (rules.anomaly.mode, rules.anomaly.threshold) == ("monitor", 0.8)
+    with pytest.raises(ConfigError, match=r"<t>:2: anomaly.mode: learn mode needs"):
+        parse_rules("version: 1\nanomaly: {mode: learn}\n", "<t>")
+    with pytest.raises(ConfigError, match=r"<t>:2: anomaly.threshold: expected a number"):
+        parse_rules("version: 1\nanomaly: {threshold: 3}\n", "<t>")
