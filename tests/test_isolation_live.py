@@ -153,20 +153,50 @@ def test_bypass_role_runs_a_migration(iso: RunningProxy) -> None:
             acme.execute("CREATE TABLE evil (x int)")
 
 
-def test_prepared_statement_cannot_cross_a_tenant_switch(iso: RunningProxy) -> None:
+def test_prepared_statement_is_prepared_again_after_a_tenant_switch(
+        iso: RunningProxy) -> None:
+    """A statement prepared for tenant 1 and bound after a switch to tenant 2 runs
+    for tenant 2: the proxy prepares it again, invisibly to the client."""
     client = RawClient.connect(iso.port)
     client.login("tok", LOGINS["tok"], CORPUS_DB)
     assert not errors(client.query(f"SET tenant_proxy.tenant = '{token('1')}'"))
     client.send(fe.Parse("by_id", "SELECT email FROM users WHERE id = $1"), fe.Sync())
-    client.recv_until_ready()
-    client.send(fe.Bind("", "by_id", (), (b"1",)), fe.Execute("", 0), fe.Sync())
-    rows = [m for m in client.recv_until_ready() if isinstance(m, be.DataRow)]
-    assert rows == [be.DataRow((b"alice@acme.test",))]
+    assert [type(m) for m in client.recv_until_ready()] == [be.ParseComplete,
+                                                            be.ReadyForQuery]
+
+    def run(user_id: bytes) -> list[object]:
+        client.send(fe.Bind("", "by_id", (), (user_id,)), fe.Execute("", 0), fe.Sync())
+        return client.recv_until_ready()
+
+    assert run(b"1")[:2] == [be.BindComplete(), be.DataRow((b"alice@acme.test",))]
     assert not errors(client.query(f"SET tenant_proxy.tenant = '{token('2')}'"))
-    client.send(fe.Bind("", "by_id", (), (b"1",)), fe.Execute("", 0), fe.Sync())
-    (err,) = errors(client.recv_until_ready())
-    assert err.sqlstate == "42501" and "prepared for another tenant" in err.message
+    again = run(b"1")  # tenant 1's row: invisible to tenant 2
+    assert [type(m) for m in again] == [be.BindComplete, be.CommandComplete, be.ReadyForQuery]
+    globex = run(b"4")
+    assert globex[0] == be.BindComplete() and isinstance(globex[1], be.DataRow)
+    assert globex[1].values[0].endswith(b"@globex.test")
+    # Back to tenant 1, pipelined behind the client's own Parse: the client sees
+    # exactly the answers to its own messages, in order.
+    assert not errors(client.query(f"SET tenant_proxy.tenant = '{token('1')}'"))
+    client.send(fe.Parse("other", "SELECT 1"), fe.Bind("", "by_id", (), (b"1",)),
+                fe.Execute("", 0), fe.Sync())
+    assert client.recv_until_ready() == [
+        be.ParseComplete(), be.BindComplete(), be.DataRow((b"alice@acme.test",)),
+        be.CommandComplete("SELECT 1"), be.ReadyForQuery(b"I")]
     client.close()
+
+
+def test_psycopg_prepared_statements_across_tenant_switches(iso: RunningProxy) -> None:
+    """psycopg prepares a statement after five executions, behind the application's
+    back; switching tenant between requests must keep working."""
+    with psycopg.connect(dsn(iso, "tok"), autocommit=True) as conn:
+        for round_ in range(4):
+            for tenant, domain in (("1", "@acme.test"), ("2", "@globex.test")):
+                conn.execute(f"SET tenant_proxy.tenant = '{token(tenant)}'")
+                for _ in range(4):
+                    rows = conn.execute("SELECT email FROM users WHERE id > %s ORDER BY id",
+                                        (0,)).fetchall()
+                    assert rows and all(r[0].endswith(domain) for r in rows), (round_, rows)
 
 
 def test_bind_parameter_for_another_tenant_is_refused(iso: RunningProxy) -> None:

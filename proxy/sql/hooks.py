@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from proxy.wire.frontend import Parse
+from proxy.wire.frontend import Close, Parse
 
 
 class StatementHook(Protocol):
@@ -31,8 +31,9 @@ class StatementHook(Protocol):
     def parse(self, message: Parse) -> Parse | None:
         """An extended-protocol Parse."""
 
-    def bind(self, body: bytes) -> None:
-        """A Bind message body; raise to refuse it."""
+    def bind(self, body: bytes) -> list[Close | Parse] | None:
+        """A Bind message body; raise to refuse it, or return messages to send
+        upstream before it (their answers are not passed to the client)."""
 
     def execute(self, body: bytes) -> None:
         """An Execute message body; raise to refuse it."""
@@ -79,7 +80,7 @@ class PassThrough:
     def parse(self, message: Parse) -> Parse | None:
         return None
 
-    def bind(self, body: bytes) -> None:
+    def bind(self, body: bytes) -> list[Close | Parse] | None:
         return None
 
     def execute(self, body: bytes) -> None:

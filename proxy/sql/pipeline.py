@@ -169,6 +169,8 @@ def _template_plan(key: str, rules: Rules) -> Plan:
 class _Prepared:
     tenant: str | None
     params: frozenset[int]
+    #: The client's Parse, to prepare the statement again for another tenant.
+    parse: Parse | None = None
 
 
 @dataclass
@@ -228,7 +230,7 @@ class TenantSession:
         self._count(plan, "forwarded" if new_sql is None else "rewritten", None, start,
                     message.sql)
         self.statements[message.name] = _Prepared(
-            self.current if plan.needs_tenant else None, plan.tenant_params)
+            self.current if plan.needs_tenant else None, plan.tenant_params, message)
         return None if new_sql is None else Parse(message.name, new_sql, message.param_types)
 
     def _count(self, plan: Plan | None, outcome: str, error: PgError | None,
@@ -270,21 +272,30 @@ class TenantSession:
         if error is not None and outcome == "refused" and error.reason == "anomaly":
             raise error
 
-    def bind(self, body: bytes) -> None:
+    def bind(self, body: bytes) -> list[Close | Parse] | None:
+        """Check a Bind; a statement prepared for another tenant is prepared again
+        for this one first (the messages returned go upstream before the Bind, and
+        their answers never reach the client), as drivers that prepare statements
+        behind the application's back (psycopg) keep using them after a switch."""
         portal_end = body.index(b"\0")
         statement_end = body.index(b"\0", portal_end + 1)
         portal = decode_text(body[:portal_end])
-        prepared = self.statements.get(decode_text(body[portal_end + 1:statement_end]))
+        name = decode_text(body[portal_end + 1:statement_end])
+        prepared = self.statements.get(name)
         current = self.current
         self.portals[portal] = current if prepared is None or prepared.tenant else None
         if prepared is None or prepared.tenant is None:
-            return
+            return None
+        injected: list[Close | Parse] | None = None
+        if prepared.tenant != current:
+            if prepared.parse is None:
+                raise Refused(f'prepared statement "{name}" was prepared for another tenant',
+                              hint="Prepare it again after switching tenant.")
+            again = self.parse(prepared.parse)
+            prepared = self.statements[name]
+            injected = [Close("S", name), again or prepared.parse]  # type: ignore[list-item]
         message = Bind.decode(FieldReader(body, "Bind"))
-        if prepared is not None and prepared.tenant is not None:
-            if prepared.tenant != current:
-                raise Refused(f'prepared statement "{message.statement}" was prepared for '
-                              "another tenant", hint="Prepare it again after switching "
-                                                     "tenant.")
+        if prepared.tenant is not None:
             for number in prepared.params:
                 if number > len(message.params):
                     continue  # PostgreSQL itself rejects the parameter count
@@ -292,6 +303,7 @@ class TenantSession:
                 if not self._param_is_tenant(value, message.param_format(number - 1)):
                     raise Refused(f"parameter ${number} is not this session's tenant",
                                   hint="Rows cannot be written for another tenant.")
+        return injected
 
     def execute(self, body: bytes) -> None:
         portal = decode_text(body[:body.index(b"\0")])

@@ -31,6 +31,7 @@ from proxy.wire.framing import Frames, MessageFramer
 from proxy.wire.frontend import (
     FRONTEND_DECODERS,
     Bind,
+    Close,
     CopyData,
     CopyDone,
     CopyFail,
@@ -44,7 +45,7 @@ _B, _EXECUTE, _CLOSE = b"B"[0], b"E"[0], b"C"[0]
 _COPY_DATA, _COPY_DONE, _COPY_FAIL = b"d"[0], b"c"[0], b"f"[0]
 _LENGTH = struct.Struct("!i")
 _Z, _ERROR, _NOTIFICATION, _STATUS = b"Z"[0], b"E"[0], b"A"[0], b"S"[0]
-_COMMAND_COMPLETE = b"C"[0]
+_COMMAND_COMPLETE, _PARSE_COMPLETE, _CLOSE_COMPLETE = b"C"[0], b"1"[0], b"3"[0]
 
 
 @dataclass(slots=True)
@@ -88,6 +89,9 @@ class Relay:
         self._on_ready = on_ready
         self._clock = clock
         self._sent_at: deque[float] = deque()
+        #: Per Parse/Close forwarded: (Sync epoch, injected by the proxy?).
+        self._parse_answers: deque[tuple[int, bool]] = deque()
+        self._close_answers: deque[tuple[int, bool]] = deque()
         self.upstream_fatal = False
         #: The client sent Terminate: the upstream closing is expected, not a failure.
         self.terminating = False
@@ -132,6 +136,10 @@ class Relay:
             elif kind == _X:
                 out.terminate = self.terminating = True
             elif inspects and kind in (_Q, _P, _B, _EXECUTE, _CLOSE):
+                if kind == _P:
+                    self._parse_answers.append((self.sent, False))
+                elif kind == _CLOSE:
+                    self._close_answers.append((self.sent, False))
                 replacement = self._inspect(frames, span)
             elif inspects and kind in (_COPY_DATA, _COPY_DONE, _COPY_FAIL) and \
                     self._hook.copying:
@@ -172,7 +180,9 @@ class Relay:
             return None if new_parse is None else new_parse.encode()
         try:
             if kind == _B:
-                hook.bind(body)
+                injected = hook.bind(body)
+                if injected:
+                    return self._inject(injected) + frames.raw(span)
             elif kind == _EXECUTE:
                 hook.execute(body)
             else:
@@ -182,6 +192,24 @@ class Relay:
         except ValueError as exc:
             raise ProtocolViolation(f"invalid {bytes((kind,))!r} message") from exc
         return None
+
+    def _inject(self, messages: list[Close | Parse]) -> bytes:
+        """Messages of the proxy's own, sent before the client's; their answers are
+        swallowed (see ``_answers``)."""
+        for message in messages:
+            fifo = self._parse_answers if isinstance(message, Parse) else self._close_answers
+            fifo.append((self.sent, True))
+        return b"".join(m.encode() for m in messages)
+
+    def _swallow(self, fifo: deque[tuple[int, bool]]) -> bool:
+        """Whether this ParseComplete/CloseComplete answers a message the proxy injected.
+
+        Answers come in the order of the messages; entries of a Sync epoch that
+        already ended were skipped by the server after an error and are dropped.
+        """
+        while fifo and fifo[0][0] < self.received:
+            fifo.popleft()
+        return bool(fifo) and fifo.popleft()[1]
 
     def _copy(self, kind: int, body: bytes) -> bytes:
         """COPY FROM STDIN rows through the hook; a refusal becomes CopyFail, which
@@ -244,7 +272,13 @@ class Relay:
                     # Markers the upstream skipped (after an earlier error) never come back.
                     self._refusals.clear()
                 continue
-            if kind == _COMMAND_COMPLETE and self._hook.inspects:
+            if kind == _PARSE_COMPLETE and self._parse_answers:
+                if self._swallow(self._parse_answers):
+                    replacement = b""
+            elif kind == _CLOSE_COMPLETE and self._close_answers:
+                if self._swallow(self._close_answers):
+                    replacement = b""
+            elif kind == _COMMAND_COMPLETE and self._hook.inspects:
                 tag = frames.data[start + 5:end - 1]
                 count = tag.rsplit(b" ", 1)[-1]
                 self._hook.completed(int(count) if count.isdigit() else 0)

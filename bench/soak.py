@@ -1,0 +1,196 @@
+"""Soak test and idle-connection memory, against the proxy as a real process.
+
+    python bench/soak.py --duration 300 --clients 8 --reload-every 5 [--write bench/RESULTS.md]
+    python bench/soak.py --idle 1 1000 5000 --sessions 1 200 1000 --duration 0
+
+The soak runs the vulnerable shop's benign SaaS traffic (bench/anomaly_workload.py)
+from several client threads for ``--duration`` seconds while the rules file is
+rewritten every few seconds (the proxy reloads it live), and reports throughput
+over time, errors, and the proxy's resident memory at the start and the end.
+The idle measurement opens connections that never log in (``--idle``) and
+logged-in sessions that then sit idle (``--sessions``, each with its upstream
+PostgreSQL connection) and reports the proxy's resident memory per connection.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import psycopg
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.anomaly_workload import VulnerableShop  # noqa: E402
+from proxy.auth.scram import make_verifier  # noqa: E402
+from proxy.localpg.cluster import LocalCluster, free_port  # noqa: E402
+
+PASSWORD = "soak-pw"
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError("no VmRSS")
+
+
+def _wait_port(port: int) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise RuntimeError(f"nothing listens on {port}")
+
+
+def start(work: Path, max_connections: int) -> tuple[LocalCluster, subprocess.Popen[bytes], int,
+                                                      Path]:
+    cluster = LocalCluster(settings={"max_connections": str(max_connections)}).start()
+    cluster.psql("CREATE DATABASE corpus")
+    cluster.psql((ROOT / "tests" / "corpus" / "schema.sql").read_text(), database="corpus")
+    rules = work / "rules.yaml"
+    rules.write_text((ROOT / "tests" / "corpus" / "rules.yaml").read_text().replace(
+        "corpus_app: {identity: trusted}", "shop: {identity: trusted}"))
+    port = free_port()
+    config = work / "proxy.yaml"
+    config.write_text(f"""
+listen: 127.0.0.1:{port}
+upstream: {{host: 127.0.0.1, port: {cluster.port}, sslmode: disable, database: corpus,
+            roles: {{shop: postgres}}, password: "{cluster.superuser_password}"}}
+auth: {{users: {{shop: "{make_verifier(PASSWORD)}"}}}}
+rules: {rules}
+limits: {{max_client_connections: 20000, login_timeout: 600}}
+""")
+    proc = subprocess.Popen([sys.executable, "-m", "proxy.cli.main", "run", "--config",
+                             str(config), "--log-level", "warning"], stdout=subprocess.DEVNULL)
+    _wait_port(port)
+    return cluster, proc, port, rules
+
+
+def dsn(port: int) -> str:
+    return f"postgresql://shop:{PASSWORD}@127.0.0.1:{port}/corpus"
+
+
+def soak(port: int, rules: Path, pid: int, duration: float, clients: int,
+         reload_every: float) -> list[str]:
+    done = [0] * clients
+    errors = [0] * clients
+    stop = threading.Event()
+
+    def worker(i: int) -> None:
+        rng = random.Random(i)
+        with psycopg.connect(dsn(port), options=f"-c tenant_proxy.tenant={i % 3 + 1}",
+                             autocommit=True) as conn:
+            shop = VulnerableShop(conn)
+            while not stop.is_set():
+                if shop.benign(rng) < 0:
+                    errors[i] += 1
+                done[i] += 1
+
+    threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(clients)]
+    for t in threads:
+        t.start()
+    original = rules.read_text()
+    rows, start, last_total, last_t, flip = [], time.monotonic(), 0, time.monotonic(), False
+    rss_start = rss_kib(pid)
+    next_reload = start + reload_every
+    while time.monotonic() - start < duration:
+        time.sleep(1)
+        now = time.monotonic()
+        if now >= next_reload:
+            flip = not flip  # a harmless edit the proxy must pick up without dropping anyone
+            rules.write_text(original + ("  public.feature_flags: {scope: shared}\n" if flip
+                                         else ""))
+            next_reload = now + reload_every
+        if now - last_t >= 5 or now - start >= duration:
+            total = sum(done)
+            rows.append(f"| {now - start:5.0f} | {(total - last_total) / (now - last_t):8.0f} | "
+                        f"{sum(errors)} | {rss_kib(pid) / 1024:.1f} |")
+            last_total, last_t = total, now
+    stop.set()
+    for t in threads:
+        t.join(10)
+    rss_end = rss_kib(pid)
+    return [
+        f"Statements: {sum(done)}, errors (the shop's own failed statements, e.g. foreign-key "
+        f"violations): {sum(errors)}; resident memory {rss_start / 1024:.1f} MiB at the start, "
+        f"{rss_end / 1024:.1f} MiB at the end (growth {(rss_end - rss_start) / 1024:+.1f} MiB).",
+        "",
+        "| second | statements/s | errors so far | proxy RSS MiB |",
+        "|---|---|---|---|",
+        *rows,
+    ]
+
+
+def idle_memory(port: int, pid: int, idle: list[int], sessions: list[int]) -> list[str]:
+    lines = ["| connections | kind | proxy RSS MiB | KiB per connection |", "|---|---|---|---|"]
+    base = rss_kib(pid)
+    for count in idle:
+        socks = [socket.create_connection(("127.0.0.1", port)) for _ in range(count)]
+        time.sleep(1)
+        rss = rss_kib(pid)
+        lines.append(f"| {count} | connected, not logged in | {rss / 1024:.1f} | "
+                     f"{(rss - base) / max(count, 1):.1f} |")
+        for s in socks:
+            s.close()
+        time.sleep(1)
+    base = rss_kib(pid)
+    for count in sessions:
+        conns = [psycopg.connect(dsn(port), options="-c tenant_proxy.tenant=1", autocommit=True)
+                 for _ in range(count)]
+        time.sleep(1)
+        rss = rss_kib(pid)
+        lines.append(f"| {count} | logged in, idle (each with its upstream) | {rss / 1024:.1f} | "
+                     f"{(rss - base) / max(count, 1):.1f} |")
+        for c in conns:
+            c.close()
+        time.sleep(1)
+    return lines
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--duration", type=float, default=300)
+    ap.add_argument("--clients", type=int, default=8)
+    ap.add_argument("--reload-every", type=float, default=5)
+    ap.add_argument("--idle", type=int, nargs="*", default=[])
+    ap.add_argument("--sessions", type=int, nargs="*", default=[])
+    ap.add_argument("--write")
+    args = ap.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="tenant-proxy-soak-"))
+    cluster, proc, port, rules = start(work, max([*args.sessions, 100]) + 50)
+    out = [f"\n## Soak and idle connections ({time.strftime('%Y-%m-%d')})\n",
+           f"Command: `python bench/soak.py {' '.join(sys.argv[1:])}` (the proxy as its own "
+           f"process; {os.cpu_count()} cores shared with PostgreSQL and the clients).\n"]
+    try:
+        if args.duration > 0:
+            out += soak(port, rules, proc.pid, args.duration, args.clients, args.reload_every)
+            out.append("")
+        if args.idle or args.sessions:
+            out += idle_memory(port, proc.pid, args.idle, args.sessions)
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        cluster.destroy()
+    report = "\n".join(out) + "\n"
+    print(report)
+    if args.write:
+        with open(args.write, "a") as f:
+            f.write(report)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
