@@ -137,3 +137,42 @@ def test_fatal_upstream_error_is_noted() -> None:
     relay.from_upstream(fatal.encode())
     assert relay.upstream_fatal
     assert be.ErrorResponse.decode(FieldReader(fatal.encode()[5:], "E")).sqlstate == "57P01"
+
+
+class Reprepare(PassThrough):
+    """Prepares statement "s" again before every Bind of it."""
+
+    inspects = True
+
+    def bind(self, body: bytes) -> list[fe.Close | fe.Parse] | None:
+        return [fe.Close("S", "s"), fe.Parse("s", "SELECT 2")] if b"\0s\0" in body else None
+
+
+def test_injected_messages_answers_are_swallowed_in_order() -> None:
+    relay = Relay(max_message_size=1 << 20, hook=Reprepare())
+    out = relay.from_client(b"".join(m.encode() for m in (
+        fe.Parse("mine", "SELECT 1"), fe.Bind("", "s", (), ()), fe.Execute("", 0), fe.Sync())))
+    sent = _decode_frontend(out.to_upstream)
+    assert [type(m) for m in sent] == [fe.Parse, fe.Close, fe.Parse, fe.Bind, fe.Execute,
+                                       fe.Sync]
+    answers = [be.ParseComplete(), be.CloseComplete(), be.ParseComplete(), be.BindComplete(),
+               be.DataRow((b"2",)), be.CommandComplete("SELECT 1"), be.ReadyForQuery(b"I")]
+    got = _decode_backend(relay.from_upstream(b"".join(m.encode() for m in answers)).to_client)
+    assert got == [be.ParseComplete(), be.BindComplete(), be.DataRow((b"2",)),
+                   be.CommandComplete("SELECT 1"), be.ReadyForQuery(b"I")]
+
+
+def test_answers_skipped_after_an_error_do_not_shift_the_accounting() -> None:
+    relay = Relay(max_message_size=1 << 20, hook=Reprepare())
+    # The server fails the client's first Parse and skips the rest until Sync.
+    relay.from_client(b"".join(m.encode() for m in (
+        fe.Parse("bad", "SELEC"), fe.Bind("", "s", (), ()), fe.Sync())))
+    error = be.ErrorResponse({"S": "ERROR", "C": "42601", "M": "syntax error"})
+    first = _decode_backend(relay.from_upstream(error.encode() +
+                                                be.ReadyForQuery(b"I").encode()).to_client)
+    assert first == [error, be.ReadyForQuery(b"I")]
+    # Next batch: only the client's own ParseComplete reaches it.
+    relay.from_client(fe.Parse("ok", "SELECT 1").encode() + fe.Sync().encode())
+    second = _decode_backend(relay.from_upstream(be.ParseComplete().encode() +
+                                                 be.ReadyForQuery(b"I").encode()).to_client)
+    assert second == [be.ParseComplete(), be.ReadyForQuery(b"I")]
