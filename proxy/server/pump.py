@@ -58,7 +58,6 @@ class Pump:
         self.upstream = upstream
         self._count_in, self._count_out = count_in, count_out
         self.done: asyncio.Future[PgError | None] = asyncio.get_running_loop().create_future()
-        self.upstream_lost = False
 
     def start(self, client_leftover: bytes, upstream_leftover: bytes) -> None:
         client_side = _Side(self, self._from_client, self.on_client_closed)
@@ -115,7 +114,6 @@ class Pump:
         self._finish(None)
 
     def on_upstream_closed(self) -> None:
-        self.upstream_lost = True
         if self.relay.upstream_fatal or self.relay.terminating:
             self._finish(None)
         else:

@@ -47,7 +47,6 @@ class Rewrite:
     tenant_literals: list[str] = field(default_factory=list)
     #: (schema, name) of every relation-shaped reference, for the pglast cross-check.
     references: Counter[tuple[str | None, str]] = field(default_factory=Counter)
-    writes: bool = False
 
 
 def _name(ident: exp.Expression | None) -> str | None:
@@ -167,8 +166,6 @@ class _Scoper:
             return  # a CTE, already walked where it is defined
         position = self._position(table, key, parent)
         qualified = classify_relation(self.rules, schema, name, position)
-        if position == "target":
-            self.out.writes = True
         self.out.relations.append(qualified)
         rule = self.rules.table(qualified)
         if position == "source" and rule is not None and rule.scope == "tenant":

@@ -400,6 +400,3 @@ def decode_backend(type_byte: int, body: bytes) -> BackendMessage:
         raise ProtocolViolation(f"invalid backend message type {type_byte!r}")
     return cls.decode(FieldReader(body, cls.__name__))
 
-
-def error_response(fields: dict[str, str]) -> bytes:
-    return ErrorResponse(fields).encode()

@@ -35,22 +35,19 @@ class Frames:
 class MessageFramer:
     """Typed messages: one type byte, an int32 length including itself, the body."""
 
-    __slots__ = ("_buf", "_max", "_peer", "eof")
+    __slots__ = ("_buf", "_max", "_peer")
 
     def __init__(self, max_message_size: int, peer: str) -> None:
         self._buf = bytearray()
         self._max = max_message_size
         self._peer = peer
-        self.eof = False
 
     @property
     def buffered(self) -> int:
         return len(self._buf)
 
     def feed(self, data: bytes) -> None:
-        """Append received bytes; empty bytes means the peer closed."""
-        if not data:
-            self.eof = True
+        """Append received bytes."""
         self._buf += data
 
     def take(self) -> Frames | None:

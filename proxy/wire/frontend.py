@@ -38,10 +38,6 @@ class StartupMessage:
     protocol: int = PROTOCOL_3_0
 
     @property
-    def major(self) -> int:
-        return self.protocol >> 16
-
-    @property
     def minor(self) -> int:
         return self.protocol & 0xFFFF
 
