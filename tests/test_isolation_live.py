@@ -393,3 +393,23 @@ def test_sessions_need_standard_conforming_strings(iso: RunningProxy, db: Databa
         finally:
             admin.execute("ALTER ROLE postgres IN DATABASE corpus RESET "
                           "standard_conforming_strings")
+
+
+def test_upsert_onto_another_tenants_row_fails_and_holds_no_lock(iso: RunningProxy) -> None:
+    """ON CONFLICT DO UPDATE locks the conflicting row before any WHERE runs; a
+    silently skipped update would leave tenant 2's row locked by tenant 1. It fails
+    instead, as under RLS, without naming the other tenant."""
+    with psycopg.connect(dsn(iso, "acme")) as acme, \
+            psycopg.connect(dsn(iso, "globex"), autocommit=True) as globex:
+        with pytest.raises(psycopg.errors.InvalidTextRepresentation,
+                           match="conflicting row belongs to another tenant") as info:
+            acme.execute("INSERT INTO users (id, email) VALUES (4, 'x@acme.test') "
+                         "ON CONFLICT (id) DO UPDATE SET name = 'pwned'")
+        assert "2" not in str(info.value).split("tenant")[-1].split("\n")[0]
+        globex.execute("SET lock_timeout = '1s'")
+        globex.execute("UPDATE users SET name = name WHERE id = 4")  # not blocked
+        acme.rollback()
+        row = acme.execute("INSERT INTO users (id, email) VALUES (1, 'alice@acme.test') ON "
+                           "CONFLICT (id) DO UPDATE SET name = 'Alice' RETURNING id").fetchone()
+        assert row == (1,)  # the tenant's own row still upserts
+        acme.rollback()

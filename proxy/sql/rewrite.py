@@ -67,6 +67,27 @@ def _relation(table: exp.Table) -> tuple[str | None, str]:
     return _name(table.args.get("db")), _name(table.this)  # type: ignore[return-value]
 
 
+def _raise(message: exp.Expression) -> exp.Expression:
+    """An expression that fails at run time with ``message`` (a cast error).
+
+    ``message`` must depend on the row, so PostgreSQL cannot fold it while planning.
+    """
+    return exp.Is(this=exp.cast(message, "int"), expression=exp.Null())
+
+
+def _guard(column: exp.Expression, why: str, then: exp.Expression) -> exp.Expression:
+    """``then`` for the tenant's rows; an error, not a silent false, for any other
+    (one CASE, so the tenant test is sure to run first)."""
+    sentinel = exp.Var(this=TENANT_SENTINEL)
+    # Row-dependent (so not folded while planning) but empty: the other tenant's
+    # id must not show in the error.
+    nothing = exp.Anonymous(this="left", expressions=[exp.cast(column.copy(), "text"),
+                                                      exp.Literal.number(0)])
+    message = exp.DPipe(this=exp.Literal.string(f"tenant-proxy: {why}"), expression=nothing)
+    return exp.Case(ifs=[exp.If(this=exp.EQ(this=column.copy(), expression=sentinel),
+                                true=exp.paren(then))], default=_raise(message))
+
+
 def _checked(value: exp.Expression) -> exp.Expression:
     """``value`` if it is the tenant, else a run-time error (RLS's WITH CHECK).
 
@@ -80,8 +101,8 @@ def _checked(value: exp.Expression) -> exp.Expression:
         expression=exp.Coalesce(this=exp.cast(value.copy(), "text"),
                                 expressions=[exp.Literal.string("NULL")])),
         expression=exp.Literal.string(" is not this session's tenant"))
-    raiser = exp.Is(this=exp.cast(message, "int"), expression=exp.Null())
-    fail = exp.Case(ifs=[exp.If(this=raiser, true=value.copy())], default=value.copy())
+    fail = exp.Case(ifs=[exp.If(this=_raise(message), true=value.copy())],
+                    default=value.copy())
     return exp.Case(ifs=[exp.If(this=exp.EQ(this=value.copy(), expression=sentinel),
                                 true=value.copy())], default=fail)
 
@@ -268,8 +289,13 @@ class _Scoper:
             self._fill_tenant(node, source)
         conflict = node.args.get("conflict")
         if isinstance(conflict, exp.OnConflict) and conflict.expressions:
+            # The conflicting row is locked before any WHERE runs, so filtering it
+            # out would leave another tenant's row locked: fail as RLS does instead.
             self._check_assignments(conflict.expressions, column)
-            self._and_where(conflict, predicate)
+            where = conflict.args.get("where")
+            conflict.set("where", exp.Where(this=_guard(
+                predicate.this, "the conflicting row belongs to another tenant",
+                then=where.this if where is not None else exp.true())))
 
     def _column_values(self, source: exp.Expression | None, index: int,
                        width: int) -> list[exp.Expression]:
