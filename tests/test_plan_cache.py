@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from proxy.errors import Refused
+from proxy.errors import Refused, Unsupported
 from proxy.policy.rules import parse_rules
 from proxy.sql.pipeline import Engine, open_session
 
@@ -79,3 +79,12 @@ def test_identity_statements_are_never_cached() -> None:
         "SET tenant_proxy.tenant = '5'"
     assert session.current == "5"
     assert not any("'5'" in key[2] for key in engine.cache._entries)
+
+
+def test_unicode_identifiers_are_refused_where_rewriting_would_change_them() -> None:
+    """sqlglot would regenerate U&"id" as the expression U & "id"."""
+    engine = Engine(parse_rules(RULES))
+    session, _ = open_session(engine, "a", {})
+    with pytest.raises(Unsupported, match="Unicode-escaped identifiers"):
+        session.query('SELECT U&"id" FROM orders')
+    assert session.query('SELECT U&"code" FROM countries') is None  # forwarded as written

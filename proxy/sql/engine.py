@@ -104,6 +104,10 @@ def plan_data(stmt: Statement, rules: Rules) -> _Data:
         relations = [f"{r.schemaname or 'public'}.{r.relname}"
                      for r, is_cte in relation_refs(stmt.node) if not is_cte]
         return _Data(stmt.text, False, False, set(), [], relations)
+    if any(token.name == "UIDENT" for token in pglast.parser.scan(stmt.text)):
+        raise Unsupported('Unicode-escaped identifiers (U&"...") in statements on '
+                          "tenant-scoped tables are not supported",
+                          hint="Write the identifier plainly or quoted.")
     try:
         trees = sqlglot.parse(stmt.text, read="postgres")
     except Exception as exc:  # sqlglot raises more than ParseError on odd input
