@@ -413,3 +413,20 @@ def test_upsert_onto_another_tenants_row_fails_and_holds_no_lock(iso: RunningPro
                            "CONFLICT (id) DO UPDATE SET name = 'Alice' RETURNING id").fetchone()
         assert row == (1,)  # the tenant's own row still upserts
         acme.rollback()
+
+
+def test_a_database_default_encoding_cannot_split_statements(iso: RunningProxy,
+                                                             db: Database) -> None:
+    """With client_encoding GBK, E'\\xbf\\' would end a string for PostgreSQL but not
+    for the proxy; tenant sessions always run in UTF8, whatever the defaults say."""
+    with psycopg.connect(db.dsn(db.superuser, CORPUS_DB), autocommit=True) as admin:
+        admin.execute("ALTER ROLE postgres IN DATABASE corpus SET client_encoding = 'GBK'")
+        try:
+            client = RawClient.connect(iso.port)
+            seen = client.login("acme", LOGINS["acme"], CORPUS_DB, CLIENT_ENCODING="GBK")
+            assert errors(seen) and "client_encoding" in errors(seen)[0].message
+            with psycopg.connect(dsn(iso, "acme")) as conn:
+                assert conn.info.parameter_status("client_encoding") == "UTF8"
+                assert all(e.endswith("@acme.test") for e in emails(conn))
+        finally:
+            admin.execute("ALTER ROLE postgres IN DATABASE corpus RESET client_encoding")

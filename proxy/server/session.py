@@ -56,6 +56,18 @@ log = logging.getLogger("tenant_proxy.session")
 _NOT_FORWARDED = {"user", "database", "replication"}
 
 
+def forwarded_startup(params: dict[str, str]) -> dict[str, str]:
+    """The client's startup parameters the upstream may see (names in any case:
+    PostgreSQL reads settings case-insensitively)."""
+    return {k: v for k, v in params.items()
+            if k.lower() not in _NOT_FORWARDED and not k.startswith("_pq_.")}
+
+
+def replication_requested(params: dict[str, str]) -> bool:
+    value = next((v for k, v in params.items() if k.lower() == "replication"), "false")
+    return value.lower() not in ("false", "off", "no", "0")
+
+
 HookFactory = Callable[[str, dict[str, str]], tuple[StatementHook, dict[str, str]]]
 
 
@@ -184,7 +196,7 @@ class Session:
             raise InvalidAuthorization(
                 f'connection for user "{self.user}" requires SSL encryption',
                 hint="Connect with sslmode=require.")
-        if params.get("replication", "false").lower() not in ("false", "off", "no", "0"):
+        if replication_requested(params):
             raise InvalidAuthorization("replication connections are not supported by the proxy")
         if self.state.draining:
             raise AdminShutdown("the proxy is shutting down")
@@ -194,9 +206,8 @@ class Session:
         stream = MessageStream(self.reader, MessageFramer(self.limits.max_message_size,
                                                           "client"))
         await self._authenticate(stream)
-        self.hook, upstream_params = self.state.hook_factory(self.user, {
-            k: v for k, v in params.items()
-            if k not in _NOT_FORWARDED and not k.startswith("_pq_.")})
+        self.hook, upstream_params = self.state.hook_factory(self.user,
+                                                             forwarded_startup(params))
         up = settings.upstream
         upstream_params["user"] = up.role_for(self.user)
         upstream_params["database"] = up.database or params.get("database") or self.user

@@ -115,7 +115,11 @@ class CopyIn:
                                 quotechar=self.fmt.quote, doublequote=self.fmt.escape ==
                                 self.fmt.quote, escapechar=None if self.fmt.escape ==
                                 self.fmt.quote else self.fmt.escape, strict=True)
-            fields = next(reader, [])
+            try:
+                fields = next(reader, [])
+            except csv.Error as exc:
+                raise Refused(f"COPY row {self._rows}: the tenant column cannot be read "
+                              f"({exc})", hint="Quote CSV fields as RFC 4180 does.") from exc
         else:
             fields = _split_text(line, self.fmt.delimiter)
         if index >= len(fields):

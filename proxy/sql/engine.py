@@ -305,6 +305,12 @@ def _copy_in(stmt: Statement, node: ast.CopyStmt, rules: Rules) -> _Data:
     if kind == "binary":
         raise Unsupported("binary COPY into a tenant-scoped table is not supported",
                           hint="Use COPY ... FROM STDIN in text or CSV format.")
+    encoding = opts.get("encoding")
+    if encoding is not None and not (isinstance(encoding, ast.String) and re.sub(
+            r"[^a-z0-9]", "", encoding.sval.lower()) in ("utf8", "unicode")):
+        raise Unsupported("COPY into a tenant-scoped table must use the UTF8 encoding",
+                          hint="The proxy checks rows as UTF-8; another encoding would "
+                               "split them differently from the server.")
     header = opts.get("header")
     if isinstance(header, ast.String) and header.sval.lower() == "match":
         raise Unsupported("COPY ... HEADER MATCH is not supported for tenant-scoped tables")
@@ -378,7 +384,16 @@ def plan_statement(sql: str, rules: Rules, *, extended: bool = False) -> Plan:
                                       hint="This is a tenant-proxy bug; please report it."))
 
 
+class InvalidEncoding(PgError):
+    sqlstate = "22021"
+    default_reason = "encoding"
+
+
 def _plan(sql: str, rules: Rules, extended: bool) -> Plan:
+    try:
+        sql.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidEncoding("invalid byte sequence for encoding \"UTF8\"") from exc
     statements = split(sql)
     if not statements:
         return Plan()

@@ -10,6 +10,7 @@ crossing a tenant switch.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import re
 import time
@@ -352,7 +353,8 @@ class TenantSession:
         if plan.identity is not None:
             return self._identity(plan.identity)
         if plan.error is not None:
-            raise plan.error
+            # A copy: raising the cached object would chain every traceback to it.
+            raise copy.copy(plan.error)
         tenant = self.current
         rules = self.engine.rules
         if plan.needs_tenant and tenant is None:
@@ -422,7 +424,8 @@ class TenantSession:
         if tenant is None:
             return False
         if self.engine.rules.tenant_type in ("bigint", "integer"):
-            return re.fullmatch(r"-?\d+", literal) is not None and int(literal) == int(tenant)
+            return re.fullmatch(r"-?[0-9]{1,19}", literal) is not None and \
+                int(literal) == int(tenant)
         return literal == tenant
 
     def _param_is_tenant(self, value: bytes | None, fmt: int) -> bool:
@@ -598,14 +601,25 @@ def open_session(engine: Engine, role: str, params: dict[str, str]
                                    hint="Add it under users: with an identity.")
     if user.identity == "bypass":
         return BypassSession(engine, role), params
-    upstream = {k: v for k, v in params.items() if k != "options"}
-    for key in params:
-        if key.lower() not in _STARTUP_KEYS and key.lower() not in SAFE_SETTINGS:
+    # PostgreSQL matches setting names in any case (CLIENT_ENCODING=GBK works), so
+    # every check here is on lower-cased names, and a name given twice is refused.
+    lowered: dict[str, str] = {}
+    for key, value in params.items():
+        name = key.lower()
+        if name in lowered:
+            raise InvalidAuthorization(f'startup parameter "{key}" is given twice')
+        if name not in _STARTUP_KEYS and name not in SAFE_SETTINGS:
             raise InvalidAuthorization(f'startup parameter "{key}" is not allowed by '
                                        "tenant-proxy")
+        lowered[name] = value
+    params = lowered
     encoding = re.sub(r"[^A-Z0-9]", "", params.get("client_encoding", "UTF8").upper())
     if encoding not in ("UTF8", "UNICODE"):
         raise InvalidAuthorization("tenant-proxy needs client_encoding UTF8")
+    # The proxy reads statements as UTF-8: so must the server, whatever defaults
+    # the database or role carry.
+    upstream = {k: v for k, v in params.items() if k not in ("options", "replication")}
+    upstream["client_encoding"] = "UTF8"
     options = []
     startup_value = None
     for name, value in _parse_options(params.get("options", "")):

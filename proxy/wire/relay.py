@@ -57,13 +57,18 @@ class Output:
 
 
 def check_server_parameter(status: ParameterStatus) -> None:
-    """The proxy reads SQL as a server with standard_conforming_strings on does; if
-    the server ever reads it otherwise, their parses could disagree (I3)."""
+    """The proxy reads SQL as UTF-8 with standard_conforming_strings on; if the
+    server ever reads it otherwise, their parses could disagree (I3)."""
     if status.name == "standard_conforming_strings" and status.value != "on":
         raise ConnectionFailure(
             "the server turned standard_conforming_strings off; tenant-proxy closes the "
             "session because it would read strings differently from the server",
             hint="Keep standard_conforming_strings = on for tenant roles.")
+    if status.name == "client_encoding" and status.value.upper() not in ("UTF8", "UNICODE"):
+        raise ConnectionFailure(
+            f"the server's client_encoding is {status.value}; tenant-proxy closes the "
+            "session because it would split statements differently from the server",
+            hint="Keep client_encoding = UTF8 for tenant roles.")
 
 
 class Relay:
@@ -281,7 +286,7 @@ class Relay:
             elif kind == _COMMAND_COMPLETE and self._hook.inspects:
                 tag = frames.data[start + 5:end - 1]
                 count = tag.rsplit(b" ", 1)[-1]
-                self._hook.completed(int(count) if count.isdigit() else 0)
+                self._hook.completed(int(count) if count.isdigit() and len(count) < 20 else 0)
             elif kind == _ERROR:
                 replacement = self._error(frames.data[start + 5:end])
             elif kind == _STATUS and self._hook.scoped:
