@@ -211,6 +211,7 @@ def main() -> int:
 
     root = Path(__file__).resolve().parents[1]
     sys.path.insert(0, str(root))
+    from bench.report import emit
     from proxy.auth.scram import make_verifier
     from proxy.config.settings import AuditSettings, ClientAuth, Settings, UpstreamSettings
     from proxy.localpg.cluster import LocalCluster
@@ -289,11 +290,7 @@ def main() -> int:
         f"Compiling or loading the numba code at start: {float(cold.stdout):.2f} s on a first "
         f"run (cache may already be warm), {float(warm.stdout):.2f} s with a warm cache.",
     ]
-    report = "\n".join(lines) + "\n"
-    print(report)
-    if args.write:
-        with open(args.write, "a") as f:
-            f.write(report)
+    emit(lines, args.write)
     return 0
 
 

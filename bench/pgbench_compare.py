@@ -25,6 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.report import emit
 from proxy.auth.scram import make_verifier
 from proxy.localpg.cluster import LocalCluster, free_port
 
@@ -182,11 +183,7 @@ def main() -> int:
                         by_target[target].latency_ms.append(lat)
                         print(f"{mode:9} c={clients:<4} {target:30} {tps:10.0f} tps", flush=True)
                 results.extend(by_target.values())
-        report = render(results, args)
-        print(report)
-        if args.write:
-            with open(args.write, "a") as f:
-                f.write(report)
+        emit([render(results, args)], args.write)
     finally:
         for p in procs:
             p.terminate()

@@ -20,6 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.report import emit
 from proxy.policy.rules import parse_rules
 from proxy.sql.pipeline import Engine, open_session
 from proxy.wire.frontend import Parse
@@ -97,11 +98,7 @@ def main() -> int:
         "|---|---|---|---|",
         *(f"| {label} | {hit:.1f} | {ext:.1f} | {miss:.0f} |" for label, hit, ext, miss in rows),
     ]
-    report = "\n".join(lines) + "\n"
-    print(report)
-    if args.write:
-        with open(args.write, "a") as f:
-            f.write(report)
+    emit(lines, args.write)
     return 0
 
 

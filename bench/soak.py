@@ -31,6 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.anomaly_workload import VulnerableShop  # noqa: E402
+from bench.report import emit  # noqa: E402
 from proxy.auth.scram import make_verifier  # noqa: E402
 from proxy.localpg.cluster import LocalCluster, free_port  # noqa: E402
 
@@ -184,11 +185,7 @@ def main() -> int:
         proc.terminate()
         proc.wait(30)
         cluster.destroy()
-    report = "\n".join(out) + "\n"
-    print(report)
-    if args.write:
-        with open(args.write, "a") as f:
-            f.write(report)
+    emit(out, args.write)
     return 0
 
 
