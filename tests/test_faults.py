@@ -13,6 +13,7 @@ import pytest
 from proxy.localpg.cluster import LocalCluster
 from proxy.wire import backend as be
 from proxy.wire import frontend as fe
+from tests.certs import CertFiles
 from tests.harness import TEST_DB, Database, RunningProxy
 from tests.rawclient import RawClient, errors
 
@@ -148,3 +149,24 @@ def test_connection_storm_and_many_idle_connections(proxy: RunningProxy, db: Dat
     finally:
         for s in idle:
             s.close()
+
+
+def test_upstream_sockets_detect_a_silent_peer(db: Database, certs: CertFiles) -> None:
+    """Keepalives and TCP_USER_TIMEOUT are set on upstream sockets, so a dead host
+    or dropped route ends the session with 08006 instead of hanging it."""
+    from dataclasses import replace
+
+    from tests.harness import proxy_settings, running_proxy
+
+    settings = proxy_settings(db, certs)
+    settings = replace(settings, upstream=replace(settings.upstream, keepalives_idle=7,
+                                                  tcp_user_timeout=4000))
+    with running_proxy(settings) as proxy:
+        client = _login(proxy)
+        (session,) = proxy.server._sessions.values()
+        assert session.upstream is not None
+        sock = session.upstream.writer.get_extra_info("socket")
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == 7
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT) == 4000
+        client.close()

@@ -45,6 +45,12 @@ class UpstreamSettings:
     roles: Mapping[str, str] = field(default_factory=dict)
     sslmode: str = "prefer"
     sslrootcert: str | None = None
+    #: TCP keepalive and user timeout of upstream sockets (libpq's names and units):
+    #: an upstream that stops answering at the TCP level ends the session with 08006.
+    keepalives_idle: int = 30
+    keepalives_interval: int = 10
+    keepalives_count: int = 3
+    tcp_user_timeout: int = 30_000
 
     def password_for(self, user: str) -> str | None:
         return self.passwords.get(user, self.password)
@@ -177,7 +183,8 @@ def _limits(r: _Reader) -> Limits:
 
 def _upstream(r: _Reader) -> UpstreamSettings:
     keys = {"url", "host", "port", "database", "user", "password", "passwords", "roles",
-            "sslmode", "sslrootcert"}
+            "sslmode", "sslrootcert", "keepalives_idle", "keepalives_interval",
+            "keepalives_count", "tcp_user_timeout"}
     s = r.section(("upstream",), keys)
     base = UpstreamSettings()
     url = r.value(("upstream", "url"), s, str, None)
@@ -203,7 +210,17 @@ def _upstream(r: _Reader) -> UpstreamSettings:
         passwords=passwords,
         sslmode=r.choice(("upstream", "sslmode"), s, SSLMODES, base.sslmode),
         sslrootcert=r.value(("upstream", "sslrootcert"), s, str, base.sslrootcert),
+        **{name: _positive(r, ("upstream", name), s, getattr(base, name))
+           for name in ("keepalives_idle", "keepalives_interval", "keepalives_count",
+                        "tcp_user_timeout")},
     )
+
+
+def _positive(r: _Reader, path: tuple[str, ...], section: dict[str, Any], default: int) -> int:
+    value = r.value(path, section, int, default)
+    if value <= 0:
+        raise r.doc.error(path, "must be positive")
+    return value
 
 
 def _auth(r: _Reader) -> ClientAuth:

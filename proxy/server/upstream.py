@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 from dataclasses import dataclass, field
 
 from proxy.auth.scram import MECHANISM, ScramClient, md5_password
@@ -48,6 +49,21 @@ class UpstreamConnection:
     leftover: bytes = b""
 
 
+def _tune_socket(sock: socket.socket | None, settings: UpstreamSettings) -> None:
+    """Keepalives and a user timeout, so a peer that vanished without a FIN or RST
+    (a dead host, a dropped route) is noticed instead of hanging the session."""
+    if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for name, value in (("TCP_KEEPIDLE", settings.keepalives_idle),
+                        ("TCP_KEEPINTVL", settings.keepalives_interval),
+                        ("TCP_KEEPCNT", settings.keepalives_count),
+                        ("TCP_USER_TIMEOUT", settings.tcp_user_timeout)):
+        option = getattr(socket, name, None)
+        if option is not None:  # Linux; other systems keep their defaults
+            sock.setsockopt(socket.IPPROTO_TCP, option, value)
+
+
 async def _open_socket(settings: UpstreamSettings) -> tuple[asyncio.StreamReader,
                                                              asyncio.StreamWriter]:
     """TCP connect, then SSLRequest negotiation as ``sslmode`` asks."""
@@ -58,6 +74,7 @@ async def _open_socket(settings: UpstreamSettings) -> tuple[asyncio.StreamReader
             f"could not connect to upstream server at {settings.host}:{settings.port}: "
             f"{exc.strerror or exc}", hint="Is PostgreSQL running and accepting TCP connections?"
         ) from exc
+    _tune_socket(writer.get_extra_info("socket"), settings)
     ctx = upstream_context(settings.sslmode, settings.sslrootcert)
     if ctx is None:
         return reader, writer
