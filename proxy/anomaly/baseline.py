@@ -141,19 +141,23 @@ class Baseline:
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write fingerprints and model to path atomically (temp file + os.replace)."""
-        target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(target, self.to_dict())
+        atomic_write_json(Path(path), self.to_dict())
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Baseline:
         """Read a file written by :meth:`save` (ValueError if it is not one)."""
-        with open(path, encoding="utf-8") as f:
-            return cls.from_dict(json.load(f))
+        return cls.from_dict(read_json(path))
+
+
+def read_json(path: str | os.PathLike[str]) -> Any:
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
 
 
 def atomic_write_json(target: Path, data: Any) -> None:
-    """Write data as JSON to target via a temp file in the same directory and os.replace."""
+    """Write data as JSON to target via a temp file in the same directory and os.replace,
+    creating the directory if needed."""
+    target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:

@@ -17,14 +17,13 @@ computed only for flagged statements, so the common path is one model score.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from proxy.anomaly.baseline import Baseline, atomic_write_json
+from proxy.anomaly.baseline import Baseline, atomic_write_json, read_json
 from proxy.anomaly.features import StatementFeatures
 from proxy.anomaly.model import HalfSpaceTrees
 
@@ -228,14 +227,11 @@ class Report:
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write the report as JSON atomically (the proxy does this periodically)."""
-        target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(target, self.to_dict())
+        atomic_write_json(Path(path), self.to_dict())
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Report:
-        with open(path, encoding="utf-8") as f:
-            return cls.from_dict(json.load(f))
+        return cls.from_dict(read_json(path))
 
 
 def _when(ts: float) -> str:

@@ -20,12 +20,9 @@ from proxy.anomaly.features import (
 from proxy.anomaly.model import HalfSpaceTrees
 from proxy.policy.rules import AnomalyRule
 from proxy.sql.activity import SessionActivity
-from proxy.sql.facts import StatementFacts
+from proxy.sql.facts import STATEMENT_KINDS, StatementFacts
 
 log = logging.getLogger("tenant_proxy.anomaly")
-
-_KINDS = {"SelectStmt": "select", "InsertStmt": "insert", "UpdateStmt": "update",
-          "DeleteStmt": "delete", "CopyStmt": "copy"}
 
 
 class AnomalyRuntime:
@@ -52,7 +49,7 @@ class AnomalyRuntime:
     def assess(self, role: str, tenant: str | None, fingerprint: str, facts: StatementFacts,
                sql: str, refused: bool, activity: SessionActivity) -> Verdict:
         novel, novel_role = self.detector.novelty(role, tenant, fingerprint)
-        select, write, other = kind_features(_KINDS.get(facts.kinds[0], "other")
+        select, write, other = kind_features(STATEMENT_KINDS.get(facts.kinds[0], "other")
                                              if facts.kinds else "other")
         features = StatementFeatures(
             novel_fingerprint=novel, novel_for_role=novel_role, kind_select=select,

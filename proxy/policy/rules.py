@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -209,21 +209,20 @@ def _tokens(ld: _Loader, raw: Any) -> TokenKeys:
     from proxy.policy.tokens import load_ed25519_public_key, load_hmac_key
 
     spec = ld.mapping(("tokens",), raw, {"hmac_keys", "ed25519_public_keys", "max_ttl"})
-    hmac_keys, ed_keys = [], []
-    for i, item in enumerate(spec.get("hmac_keys") or []):
-        path = ("tokens", "hmac_keys", str(i))
-        try:
-            hmac_keys.append(load_hmac_key(ld.secret(path, item)))
-        except ValueError as exc:
-            raise ld.doc.error(path, str(exc)) from exc
-    for i, item in enumerate(spec.get("ed25519_public_keys") or []):
-        path = ("tokens", "ed25519_public_keys", str(i))
-        try:
-            ed_keys.append(load_ed25519_public_key(ld.secret(path, item)))
-        except ValueError as exc:
-            raise ld.doc.error(path, str(exc)) from exc
+
+    def keys(name: str, load: Callable[[str], Any]) -> tuple[Any, ...]:
+        out = []
+        for i, item in enumerate(spec.get(name) or []):
+            path = ("tokens", name, str(i))
+            try:
+                out.append(load(ld.secret(path, item)))
+            except ValueError as exc:
+                raise ld.doc.error(path, str(exc)) from exc
+        return tuple(out)
+
     max_ttl = ld.typed(("tokens", "max_ttl"), spec.get("max_ttl"), int, 86400)
-    return TokenKeys(tuple(hmac_keys), tuple(ed_keys), max_ttl)
+    return TokenKeys(keys("hmac_keys", load_hmac_key),
+                     keys("ed25519_public_keys", load_ed25519_public_key), max_ttl)
 
 
 def rules_from_document(doc: Located, digest: str) -> Rules:

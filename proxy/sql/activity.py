@@ -9,8 +9,8 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-ERROR_WINDOW = 20
-RATE_WINDOW = 10.0
+from proxy.anomaly.features import ERROR_WINDOW
+from proxy.anomaly.features import RATE_WINDOW_SECONDS as RATE_WINDOW
 
 
 @dataclass

@@ -14,6 +14,10 @@ from pglast import ast, enums
 
 from proxy.sql.statements import Statement, function_name, walk
 
+#: Parse-tree statement node -> the kind used in metrics, audit and anomaly features.
+STATEMENT_KINDS = {"SelectStmt": "select", "InsertStmt": "insert", "UpdateStmt": "update",
+                   "DeleteStmt": "delete", "CopyStmt": "copy", "VariableSetStmt": "set",
+                   "TransactionStmt": "transaction"}
 TIME_FUNCTIONS = frozenset({"pg_sleep", "pg_sleep_for", "pg_sleep_until"})
 
 

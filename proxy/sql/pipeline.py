@@ -30,6 +30,7 @@ from proxy.sql.activity import SessionActivity
 from proxy.sql.builtins import SAFE_SETTINGS
 from proxy.sql.copyin import CopyIn
 from proxy.sql.engine import TENANT_SETTING, plan_statement
+from proxy.sql.facts import STATEMENT_KINDS
 from proxy.sql.hooks import PassThrough, StatementHook
 from proxy.sql.normalize import MARKER, check_template, normalize, splice
 from proxy.sql.plan import IdentityAction, Plan, PlanCache
@@ -45,9 +46,6 @@ class InvalidToken(PgError):
     default_reason = "token"
 
 
-_KINDS = {"SelectStmt": "select", "InsertStmt": "insert", "UpdateStmt": "update",
-          "DeleteStmt": "delete", "CopyStmt": "copy", "VariableSetStmt": "set",
-          "TransactionStmt": "transaction"}
 _NO_TENANT_HINT = f"SET {TENANT_SETTING} = '<token>' first."
 #: Startup parameters that are not settings, or that the session handles itself.
 _STARTUP_KEYS = {"user", "database", "options", "application_name", "client_encoding",
@@ -257,7 +255,7 @@ class TenantSession:
         if plan is not None and plan.identity is not None:
             kind = "identity"
         else:
-            kind = _KINDS.get(plan.kinds[0], "utility") if plan and plan.kinds else "other"
+            kind = STATEMENT_KINDS.get(plan.kinds[0], "utility") if plan and plan.kinds else "other"
         key = (kind, self.current, outcome)
         counter = self._counters.get(key)
         if counter is None:
