@@ -9,6 +9,8 @@ every key.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import re
 from collections.abc import Callable, Mapping
@@ -22,6 +24,10 @@ RULES_VERSION = 1
 TENANT_TYPES = ("bigint", "integer", "text", "uuid")
 SCOPES = ("tenant", "shared", "deny")
 IDENTITIES = ("bound", "token", "trusted", "bypass")
+ENCRYPTION_MODES = ("randomized", "deterministic")
+#: Logical types an encrypted column can hold (it is stored as bytea).
+ENCRYPTED_TYPES = ("text", "smallint", "integer", "bigint", "numeric", "boolean", "date",
+                   "timestamptz", "jsonb", "bytea")
 _INTEGER = re.compile(r"-?[0-9]{1,19}")
 _UUID = re.compile(r"[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?"
                    r"[0-9a-fA-F]{12}")
@@ -58,6 +64,39 @@ class AnomalyRule:
 
 
 @dataclass(frozen=True)
+class EncryptedColumn:
+    table: str
+    column: str
+    mode: str  # randomized or deterministic
+    type: str  # the logical type clients see
+    #: Bound into every ciphertext's associated data: ``schema.table.column``, or a
+    #: name deterministic columns share so that they can be joined.
+    domain: str
+
+    @property
+    def qualified(self) -> str:
+        return f"{self.table}.{self.column}"
+
+    @property
+    def deterministic(self) -> bool:
+        return self.mode == "deterministic"
+
+
+@dataclass(frozen=True)
+class EncryptionRules:
+    master_key: bytes = field(repr=False)
+    #: table -> column -> spec.
+    columns: Mapping[str, Mapping[str, EncryptedColumn]] = field(default_factory=dict)
+    #: What a read of a value whose key was shredded gives: an error, or NULL.
+    unreadable: str = "error"
+    #: Seconds between key store refreshes (rotations and shreds by other processes).
+    key_refresh: float = 5.0
+
+    def column(self, table: str, column: str) -> EncryptedColumn | None:
+        return self.columns.get(table, {}).get(column)
+
+
+@dataclass(frozen=True)
 class Rules:
     source: str
     digest: str
@@ -74,6 +113,7 @@ class Rules:
     users: Mapping[str, UserRule] = field(default_factory=dict)
     tokens: TokenKeys = field(default_factory=TokenKeys)
     anomaly: AnomalyRule = field(default_factory=AnomalyRule)
+    encryption: EncryptionRules | None = None
 
     @property
     def version(self) -> str:
@@ -229,7 +269,7 @@ def rules_from_document(doc: Located, digest: str) -> Rules:
     ld = _Loader(doc)
     top = ld.mapping((), doc.data, {"version", "tenant", "tables", "default_table_scope",
                                     "functions", "catalog", "notify", "session", "users",
-                                    "tokens", "anomaly"})
+                                    "tokens", "anomaly", "encryption"})
     version = top.get("version")
     if version != RULES_VERSION:
         raise doc.error(("version",), f"version must be {RULES_VERSION}")
@@ -253,9 +293,10 @@ def rules_from_document(doc: Located, digest: str) -> Rules:
     sql_prepare = ld.choice(("session", "sql_prepare"), session.get("sql_prepare"),
                             ("refuse", "rewrite"), "refuse")
     base = Rules(doc.source, digest, column, ttype)
+    tables = _tables(ld, top.get("tables"), column)
     return Rules(
         source=doc.source, digest=digest, tenant_column=column, tenant_type=ttype,
-        tables=_tables(ld, top.get("tables"), column),
+        tables=tables,
         functions_allow=ld.names(("functions", "allow"), functions.get("allow")),
         functions_deny=ld.names(("functions", "deny"), functions.get("deny")),
         catalog_allow=ld.names(("catalog", "allow"), catalog.get("allow")),
@@ -266,7 +307,75 @@ def rules_from_document(doc: Located, digest: str) -> Rules:
         users=_users(ld, top.get("users"), base),
         tokens=_tokens(ld, top.get("tokens")),
         anomaly=_anomaly(ld, top.get("anomaly")),
+        encryption=_encryption(ld, top.get("encryption"), tables),
     )
+
+
+def decode_master_key(text: str) -> bytes:
+    """A 32-byte master key written as 64 hex digits or base64."""
+    text = text.strip()
+    try:
+        key = bytes.fromhex(text) if re.fullmatch(r"[0-9a-fA-F]{64}", text) else \
+            base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        key = b""
+    if len(key) != 32:
+        raise ValueError("the master key must be 32 bytes, as 64 hex digits or base64 "
+                         "(make one with `tenant-proxy keys generate-master`)")
+    return key
+
+
+def _encryption(ld: _Loader, raw: Any, tables: Mapping[str, TableRule]
+                ) -> EncryptionRules | None:
+    if raw is None:
+        return None
+    top = ("encryption",)
+    spec = ld.mapping(top, raw, {"master_key", "unreadable", "key_refresh", "columns"})
+    if "master_key" not in spec:
+        raise ld.doc.error(top, "master_key is required ({env: NAME} or {file: PATH})")
+    try:
+        master = decode_master_key(ld.secret((*top, "master_key"), spec["master_key"]))
+    except ValueError as exc:
+        raise ld.doc.error((*top, "master_key"), str(exc)) from exc
+    unreadable = ld.choice((*top, "unreadable"), spec.get("unreadable"), ("error", "null"),
+                           "error")
+    refresh = spec.get("key_refresh", 5)
+    if isinstance(refresh, bool) or not isinstance(refresh, (int, float)) or refresh <= 0:
+        raise ld.doc.error((*top, "key_refresh"), "expected a positive number of seconds")
+    columns: dict[str, dict[str, EncryptedColumn]] = {}
+    domains: dict[str, EncryptedColumn] = {}
+    for name, col_spec in ld.mapping((*top, "columns"), spec.get("columns")).items():
+        path = (*top, "columns", name)
+        match = re.fullmatch(r"(?:([A-Za-z_][\w$]*)\.)?([A-Za-z_][\w$]*)\.([A-Za-z_][\w$]*)",
+                             name)
+        if match is None:
+            raise ld.doc.error(path, "encrypted columns are [schema.]table.column")
+        table = f"{match.group(1) or 'public'}.{match.group(2)}"
+        column_name = match.group(3)
+        col_spec = ld.mapping(path, col_spec, {"mode", "type", "domain"})
+        rule = tables.get(table)
+        if rule is None or rule.scope != "tenant":
+            raise ld.doc.error(path, f"{table} must be listed under tables: with scope tenant "
+                               "(data keys are per tenant)")
+        if column_name == rule.column:
+            raise ld.doc.error(path, "the tenant column cannot be encrypted")
+        mode = ld.choice((*path, "mode"), col_spec.get("mode"), ENCRYPTION_MODES,
+                         "randomized")
+        kind = ld.choice((*path, "type"), col_spec.get("type"), ENCRYPTED_TYPES, "text")
+        domain = ld.typed((*path, "domain"), col_spec.get("domain"), str, None)
+        if domain is not None and mode != "deterministic":
+            raise ld.doc.error((*path, "domain"), "only deterministic columns share a domain")
+        column = EncryptedColumn(table, column_name, mode, kind,
+                                 domain or f"{table}.{column_name}")
+        other = domains.setdefault(column.domain, column)
+        if other.type != column.type or other.mode != column.mode:
+            raise ld.doc.error((*path, "domain"), f"columns sharing domain {column.domain} "
+                               f"must have one mode and type ({other.qualified} is "
+                               f"{other.mode} {other.type})")
+        if column_name in columns.setdefault(table, {}):
+            raise ld.doc.error(path, f"{column.qualified} is listed twice")
+        columns[table][column_name] = column
+    return EncryptionRules(master, columns, unreadable, float(refresh))
 
 
 def _anomaly(ld: _Loader, raw: Any) -> AnomalyRule:
@@ -297,5 +406,5 @@ def load_rules(path: str | Path) -> Rules:
     return rules_from_document(doc, hashlib.sha256(text.encode()).hexdigest())
 
 
-__all__ = ["ConfigError", "Rules", "TableRule", "UserRule", "load_rules", "parse_rules",
-           "qualify"]
+__all__ = ["ConfigError", "EncryptedColumn", "EncryptionRules", "Rules", "TableRule",
+           "UserRule", "load_rules", "parse_rules", "qualify"]
