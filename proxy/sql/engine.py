@@ -25,6 +25,7 @@ from proxy.sql.copyin import CopyFormat
 from proxy.sql.facts import statement_facts
 from proxy.sql.plan import IdentityAction, Plan, SqlObject
 from proxy.sql.rewrite import TENANT_SENTINEL, classify_relation, scope_statement
+from proxy.sql.sealing import Sealing, seal_statement
 from proxy.sql.statements import (
     DATA_STATEMENTS,
     Statement,
@@ -65,10 +66,10 @@ class _Data:
 
     def __init__(self, text: str, changed: bool, needs_tenant: bool,
                  params: set[int], literals: list[str], relations: list[str],
-                 copy_in: CopyFormat | None = None) -> None:
+                 copy_in: CopyFormat | None = None, sealing: Sealing | None = None) -> None:
         self.text, self.changed, self.needs_tenant = text, changed, needs_tenant
         self.params, self.literals, self.relations = params, literals, relations
-        self.copy_in = copy_in
+        self.copy_in, self.sealing = copy_in, sealing
 
 
 def _reads_scoped_table(stmt: Statement, rules: Rules) -> bool:
@@ -119,6 +120,7 @@ def plan_data(stmt: Statement, rules: Rules) -> _Data:
         raise Unsupported("tenant-proxy cannot analyze this statement",
                           detail=f"its parsers disagree on what it is ({stmt.kind})")
     tree = trees[0]
+    sealing = seal_statement(tree, rules)
     result = scope_statement(tree, rules)
     if result.references != range_vars(stmt.node):
         raise Unsupported("tenant-proxy cannot analyze this statement",
@@ -136,7 +138,7 @@ def plan_data(stmt: Statement, rules: Rules) -> _Data:
             raise Unsupported("tenant-proxy cannot rewrite this statement",
                               detail=str(exc)) from exc
     return _Data(text, changed, result.needs_tenant, result.tenant_params,
-                 result.tenant_literals, result.relations)
+                 result.tenant_literals, result.relations, sealing=sealing or None)
 
 
 def _setting_plan(node: ast.VariableSetStmt, rules: Rules) -> IdentityAction | None:
@@ -422,6 +424,7 @@ def _plan_statements(statements: list[Statement], kinds: tuple[str, ...], rules:
     relations: list[str] = []
     copy_in: CopyFormat | None = None
     sql_object: SqlObject | None = None
+    sealing: Sealing | None = None
     for stmt in statements:
         if rules.sql_prepare and stmt.kind in _SQL_OBJECT_STATEMENTS:
             if len(statements) > 1:
@@ -442,6 +445,12 @@ def _plan_statements(statements: list[Statement], kinds: tuple[str, ...], rules:
             literals += data.literals
             relations += data.relations
             copy_in = data.copy_in or copy_in
+            if data.sealing is not None:
+                if len(statements) > 1 or sql_object is not None:
+                    raise Unsupported("statements on encrypted columns must be sent on their "
+                                      "own, not in a multi-statement query or SQL PREPARE",
+                                      reason="encrypted_column")
+                sealing = data.sealing
             continue
         identity, found = _utility(stmt, rules)
         if identity is not None:
@@ -453,7 +462,8 @@ def _plan_statements(statements: list[Statement], kinds: tuple[str, ...], rules:
     parts = tuple("; ".join(texts).split(TENANT_SENTINEL)) if changed else None
     return Plan(parts=parts, needs_tenant=needs_tenant, tenant_params=frozenset(params),
                 tenant_literals=tuple(literals), channels=tuple(channels), kinds=kinds,
-                relations=tuple(relations), copy_in=copy_in, sql_object=sql_object)
+                relations=tuple(relations), copy_in=copy_in, sql_object=sql_object,
+                sealing=sealing)
 
 
 __all__ = ["TENANT_SETTING", "plan_statement"]

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from proxy.errors import PgError
 from proxy.sql.copyin import CopyFormat
 from proxy.sql.facts import StatementFacts
+from proxy.sql.sealing import Sealing
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +60,8 @@ class Plan:
     facts: StatementFacts = field(default_factory=StatementFacts)
     #: A stable id of the statement's shape (its cache key, hashed).
     fingerprint: str = ""
+    #: Values to encrypt and the encrypted tables the statement touches.
+    sealing: Sealing | None = None
 
     def render(self, tenant_literal: str) -> str | None:
         if self.parts is None:
