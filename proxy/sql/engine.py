@@ -288,6 +288,10 @@ def _copy(stmt: Statement, rules: Rules) -> _Data:
         query_text = pglast.stream.RawStream()(node.query)
     (inner,) = split(query_text)
     data = plan_data(inner, rules)
+    if data.sealing is not None and data.sealing.tables:
+        raise Unsupported("COPY ... TO of a table with encrypted columns is not supported",
+                          hint="Read encrypted columns with SELECT; the proxy decrypts "
+                               "result rows, not COPY data.", reason="encrypted_column")
     options = _copy_options(node.options or ())
     return _Data(f"COPY ({data.text}) TO STDOUT{options}", True, data.needs_tenant,
                  data.params, data.literals, data.relations)
@@ -327,10 +331,17 @@ def _copy_in(stmt: Statement, node: ast.CopyStmt, rules: Rules) -> _Data:
                       hint=f'Name the columns, with or without "{rule.column}".')
     csv = kind == "csv"
     quote = text_opt("quote", '"')
+    encrypted = rules.encryption.columns.get(qualified, {}) if rules.encryption else {}
+    sealed = tuple((i, encrypted[c]) for i, c in enumerate(columns) if c in encrypted)
+    if sealed and any(name in opts for name in ("null", "force_null", "force_not_null",
+                                                "default")):
+        raise Unsupported("COPY options NULL, DEFAULT, FORCE_NULL and FORCE_NOT_NULL are not "
+                          "supported with encrypted columns", reason="encrypted_column")
     layout = CopyFormat(
         csv=csv, delimiter=text_opt("delimiter", "," if csv else "\t"), quote=quote,
         escape=text_opt("escape", quote), header=_copy_flag(opts, "header"),
-        tenant_index=columns.index(rule.column) if rule.column in columns else None)
+        tenant_index=columns.index(rule.column) if rule.column in columns else None,
+        sealed=sealed)
     text = stmt.text
     if layout.tenant_index is None:
         schema, name = qualified.split(".", 1)

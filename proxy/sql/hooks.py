@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from proxy.wire.frontend import Close, Parse
+from proxy.sql.results import ResultDecryptor
+from proxy.wire.frontend import Bind, Close, Parse
 
 
 class StatementHook(Protocol):
@@ -24,6 +25,8 @@ class StatementHook(Protocol):
     #: Set by the relay before ``query``/``parse``: the sequence number of the
     #: ReadyForQuery that will answer the message.
     rfq_due: int
+    #: Rewrites result messages for encrypted columns; None lets them pass untouched.
+    results: ResultDecryptor | None
 
     def query(self, sql: str) -> str | None:
         """A simple-protocol Query (possibly several statements)."""
@@ -31,9 +34,13 @@ class StatementHook(Protocol):
     def parse(self, message: Parse) -> Parse | None:
         """An extended-protocol Parse."""
 
-    def bind(self, body: bytes) -> list[Close | Parse] | None:
+    def parsed(self) -> bytes:
+        """Bytes to send upstream right after the Parse just forwarded."""
+
+    def bind(self, body: bytes) -> list[Close | Parse | Bind] | None:
         """A Bind message body; raise to refuse it, or return messages to send
-        upstream before it (their answers are not passed to the client)."""
+        upstream before it (their answers are not passed to the client). A Bind
+        last in the list replaces the client's."""
 
     def execute(self, body: bytes) -> None:
         """An Execute message body; raise to refuse it."""
@@ -73,6 +80,7 @@ class PassThrough:
     inspects = False
     scoped = False
     rfq_due = 0
+    results: ResultDecryptor | None = None
 
     def query(self, sql: str) -> str | None:
         return None
@@ -80,7 +88,10 @@ class PassThrough:
     def parse(self, message: Parse) -> Parse | None:
         return None
 
-    def bind(self, body: bytes) -> list[Close | Parse] | None:
+    def parsed(self) -> bytes:
+        return b""
+
+    def bind(self, body: bytes) -> list[Close | Parse | Bind] | None:
         return None
 
     def execute(self, body: bytes) -> None:

@@ -11,6 +11,7 @@ crossing a tenant switch.
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import re
 import time
@@ -21,7 +22,8 @@ from typing import Any
 
 from proxy.anomaly.detector import Verdict
 from proxy.anomaly.runtime import AnomalyRuntime
-from proxy.errors import InvalidAuthorization, PgError, Refused
+from proxy.crypto.columns import ColumnCrypto
+from proxy.errors import InvalidAuthorization, PgError, Refused, Unsupported
 from proxy.observability.audit import AuditWriter
 from proxy.observability.metrics import METRICS, Metrics
 from proxy.policy.rules import Rules, UserRule
@@ -34,7 +36,9 @@ from proxy.sql.facts import STATEMENT_KINDS
 from proxy.sql.hooks import PassThrough, StatementHook
 from proxy.sql.normalize import MARKER, check_template, normalize, splice
 from proxy.sql.plan import IdentityAction, Plan, PlanCache
+from proxy.sql.results import ResultDecryptor
 from proxy.sql.rewrite import TENANT_SENTINEL
+from proxy.sql.sealing import SealedValue, placeholder
 from proxy.wire.fields import FieldReader, decode_text
 from proxy.wire.frontend import Bind, Close, Parse
 
@@ -66,6 +70,8 @@ class Engine:
         self._misses = metrics.cache_lookups.labels("miss")
         self.rules = rules
         self.verifier = self._verifier(rules)
+        #: Set by the server once the key store and catalog are loaded.
+        self.crypto: ColumnCrypto | None = None
         metrics.set_rules_version(rules.version)
 
     @staticmethod
@@ -151,7 +157,8 @@ def _template_plan(key: str, rules: Rules) -> Plan:
     text = splice(parts, [f"${i}" for i in range(1, len(parts))])
     plan = plan_statement(text, rules)
     if plan.error is not None or plan.identity is not None or plan.sql_object is not None \
-            or plan.copy_in is not None or plan.channels or plan.tenant_literals:
+            or plan.copy_in is not None or plan.channels or plan.tenant_literals or \
+            (plan.sealing is not None and plan.sealing.literals):
         return _EXACT
     if plan.parts is None:
         return plan  # forwarded as written: only the decision is shared
@@ -170,6 +177,8 @@ class _Prepared:
     params: frozenset[int]
     #: The client's Parse, to prepare the statement again for another tenant.
     parse: Parse | None = None
+    #: Parameters of encrypted columns, sealed at Bind.
+    sealed: dict[int, SealedValue] = field(default_factory=dict)
 
 
 @dataclass
@@ -194,10 +203,21 @@ class TenantSession:
     scoped: bool = True
     copy: CopyIn | None = None
     activity: SessionActivity = field(default_factory=SessionActivity)
+    #: Decrypts result rows; None when no column is encrypted.
+    results: ResultDecryptor | None = None
+    #: The statement just parsed, if the proxy must describe it (see ``parsed``).
+    _describe: str | None = field(default=None, repr=False)
     _counters: dict[tuple[str, str | None, str], Any] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         self.tenant = self.startup_tenant
+        crypto = self.engine.crypto
+        if crypto is not None:
+            self.results = ResultDecryptor(crypto, lambda: self.current, self._sealed_columns)
+
+    def _sealed_columns(self, name: str) -> dict[int, Any]:
+        prepared = self.statements.get(name)
+        return {n: s.column for n, s in prepared.sealed.items()} if prepared else {}
 
     @property
     def current(self) -> str | None:
@@ -228,9 +248,26 @@ class TenantSession:
             raise
         self._count(plan, "forwarded" if new_sql is None else "rewritten", None, start,
                     message.sql)
+        sealed = dict(plan.sealing.params) if plan.sealing is not None else {}
         self.statements[message.name] = _Prepared(
-            self.current if plan.needs_tenant else None, plan.tenant_params, message)
-        return None if new_sql is None else Parse(message.name, new_sql, message.param_types)
+            self.current if plan.needs_tenant else None, plan.tenant_params, message, sealed)
+        types = message.param_types
+        if plan.sealing is not None:
+            self._describe = message.name
+            # The server types these parameters as bytea (or bytea[]): the client's
+            # declared type is the logical one, used when sealing at Bind.
+            types = tuple(0 if n + 1 in sealed else oid for n, oid in enumerate(types))
+        if new_sql is None and types == message.param_types:
+            return None
+        return Parse(message.name, new_sql or message.sql, types)
+
+    def parsed(self) -> bytes:
+        """Sent upstream right after the Parse just planned: the proxy's own Describe of a
+        statement on encrypted tables, so its result columns are known."""
+        name, self._describe = self._describe, None
+        if name is None or self.results is None:
+            return b""
+        return self.results.describe_after_parse(name)
 
     def _count(self, plan: Plan | None, outcome: str, error: PgError | None,
                start: float, sql: str) -> None:
@@ -271,7 +308,7 @@ class TenantSession:
         if error is not None and outcome == "refused" and error.reason == "anomaly":
             raise error
 
-    def bind(self, body: bytes) -> list[Close | Parse] | None:
+    def bind(self, body: bytes) -> list[Close | Parse | Bind] | None:
         """Check a Bind; a statement prepared for another tenant is prepared again
         for this one first (the messages returned go upstream before the Bind, and
         their answers never reach the client), as drivers that prepare statements
@@ -285,15 +322,19 @@ class TenantSession:
         self.portals[portal] = current if prepared is None or prepared.tenant else None
         if prepared is None or prepared.tenant is None:
             return None
-        injected: list[Close | Parse] | None = None
+        injected: list[Close | Parse | Bind] | None = None
         if prepared.tenant != current:
             if prepared.parse is None:
                 raise Refused(f'prepared statement "{name}" was prepared for another tenant',
                               hint="Prepare it again after switching tenant.")
             again = self.parse(prepared.parse)
+            self._describe = None  # same text, same columns: its layout is known
             prepared = self.statements[name]
             injected = [Close("S", name), again or prepared.parse]  # type: ignore[list-item]
         message = Bind.decode(FieldReader(body, "Bind"))
+        if prepared.sealed:
+            message = self._seal_bind(message, prepared)
+            injected = [*(injected or []), message]  # the last one replaces the Bind
         if prepared.tenant is not None:
             for number in prepared.params:
                 if number > len(message.params):
@@ -303,6 +344,24 @@ class TenantSession:
                     raise Refused(f"parameter ${number} is not this session's tenant",
                                   hint="Rows cannot be written for another tenant.")
         return injected
+
+    def _seal_bind(self, message: Bind, prepared: _Prepared) -> Bind:
+        """The Bind with encrypted columns' parameters sealed (all sent in binary)."""
+        tenant = self.current
+        crypto = self._crypto(tenant)
+        assert tenant is not None
+        declared = prepared.parse.param_types if prepared.parse is not None else ()
+        params = list(message.params)
+        formats = [message.param_format(i) for i in range(len(params))]
+        for number, sealed in prepared.sealed.items():
+            if number > len(params):
+                continue  # PostgreSQL itself rejects the parameter count
+            i = number - 1
+            params[i] = crypto.seal_param(tenant, sealed.column, sealed.search, params[i],
+                                          formats[i], declared[i] if i < len(declared) else 0)
+            formats[i] = 1
+        return Bind(message.portal, message.statement, tuple(formats), tuple(params),
+                    message.result_formats)
 
     def execute(self, body: bytes) -> None:
         portal = decode_text(body[:body.index(b"\0")])
@@ -367,6 +426,15 @@ class TenantSession:
                 raise Refused(f"tenant value {literal[:40]} is not this session's tenant",
                               hint="Rows cannot be written for another tenant.",
                               reason="tenant_mismatch")
+        if plan.sealing is not None:
+            missing = plan.sealing.tables - self._crypto(tenant).tables
+            if missing:
+                raise Unsupported(f"encrypted table {min(missing)} is not in the database as "
+                                  "the rules file describes it",
+                                  hint="Its encrypted columns must exist with type bytea; the "
+                                       "proxy reads the catalog again every "
+                                       "encryption.key_refresh seconds.",
+                                  reason="encrypted_column")
         for channel in plan.channels:
             if not rules.channel_allowed(channel, tenant):
                 raise Refused(f'channel "{channel}" does not belong to this tenant',
@@ -377,14 +445,49 @@ class TenantSession:
             self._sql_object(plan, tenant)
         self.copy = None
         if plan.copy_in is not None and tenant is not None:
+            seal = None
+            if plan.copy_in.sealed:
+                crypto = self._crypto(tenant)
+                seal = functools.partial(crypto.seal_copy_field, tenant)
             self.copy = CopyIn(plan.copy_in, tenant,
-                               quote_tenant=rules.tenant_type not in ("bigint", "integer"))
+                               quote_tenant=rules.tenant_type not in ("bigint", "integer"),
+                               seal=seal)
         tenant_sql = rules.tenant_literal(tenant) if tenant is not None else "NULL"
+        sealing = plan.sealing
         if plan.template is not None and literals is not None:
+            if sealing is not None and sealing.params:
+                literals = self._seal_literals(sealing.params, literals)
             return splice(plan.template, literals).replace(TENANT_SENTINEL, tenant_sql)
         if plan.parts is None:
             return None
-        return plan.render(tenant_sql)
+        text = plan.render(tenant_sql)
+        if sealing is not None and sealing.literals and text is not None:
+            crypto = self._crypto(tenant)
+            for number, (sealed, literal) in sealing.literals.items():
+                text = text.replace(placeholder(number), crypto.seal_literal(
+                    tenant, sealed.column, sealed.search, literal), 1)  # type: ignore[arg-type]
+        return text
+
+    def _crypto(self, tenant: str | None) -> ColumnCrypto:
+        crypto = self.engine.crypto
+        if crypto is None or tenant is None:
+            raise Refused("encrypted columns are not available in this session",
+                          hint=_NO_TENANT_HINT if tenant is None else
+                          "The proxy has not loaded its key store yet.")
+        return crypto
+
+    def _seal_literals(self, sealed: dict[int, SealedValue],
+                       literals: tuple[str, ...]) -> tuple[str, ...]:
+        """Template literals of encrypted columns replaced by their ciphertexts."""
+        tenant = self.current
+        crypto = self._crypto(tenant)
+        out = list(literals)
+        for number, value in sealed.items():
+            if number <= len(out):
+                text = out[number - 1]
+                out[number - 1] = crypto.seal_literal(tenant, value.column, value.search,
+                                                      _sealable_literal(text))
+        return tuple(out)
 
     def _sql_object(self, plan: Plan, tenant: str | None) -> None:
         obj = plan.sql_object
@@ -543,6 +646,14 @@ def _literal_value(literal: str) -> str | None:
     if literal.startswith("'") and literal.endswith("'") and len(literal) >= 2:
         return literal[1:-1].replace("''", "'")
     return literal if re.fullmatch(r"-?\d+", literal) else None
+
+
+def _sealable_literal(literal: str) -> str | None:
+    """The value of a string, number or boolean literal about to be encrypted."""
+    if re.fullmatch(r"-?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?", literal) or \
+            literal.lower() in ("true", "false"):
+        return literal
+    return _literal_value(literal)
 
 
 def _parse_options(options: str) -> list[tuple[str, str]]:

@@ -481,6 +481,7 @@ class _Sealer:
         conflict = node.args.get("conflict")
         if isinstance(conflict, exp.OnConflict):
             for key in conflict.args.get("conflict_keys") or []:
+                key = key.this if isinstance(key, exp.Ordered) else key
                 column = columns.get(_name(key.this if isinstance(key, exp.Column) else key)
                                      or "")
                 if column is not None and not column.deterministic:

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 from proxy.errors import ConnectionFailure, PgError, ProtocolViolation, Unsupported
 from proxy.sql.hooks import PassThrough, StatementHook
+from proxy.sql.results import BACKEND_KINDS
 from proxy.wire.backend import ErrorResponse, NotificationResponse, ParameterStatus
 from proxy.wire.fields import FieldReader, decode_text, encode_text
 from proxy.wire.framing import Frames, MessageFramer
@@ -41,7 +42,7 @@ from proxy.wire.frontend import (
 )
 
 _Q, _P, _F, _S, _X, _PASSWORD = b"Q"[0], b"P"[0], b"F"[0], b"S"[0], b"X"[0], b"p"[0]
-_B, _EXECUTE, _CLOSE = b"B"[0], b"E"[0], b"C"[0]
+_B, _EXECUTE, _CLOSE, _DESCRIBE = b"B"[0], b"E"[0], b"C"[0], b"D"[0]
 _COPY_DATA, _COPY_DONE, _COPY_FAIL = b"d"[0], b"c"[0], b"f"[0]
 _LENGTH = struct.Struct("!i")
 _Z, _ERROR, _NOTIFICATION, _STATUS = b"Z"[0], b"E"[0], b"A"[0], b"S"[0]
@@ -133,6 +134,14 @@ class Relay:
                 self.sent += 1
                 if self._on_ready is not None:
                     self._sent_at.append(self._clock())
+            results = self._hook.results
+            if results is not None:
+                if kind == _DESCRIBE:
+                    results.describe(frames.body(span))
+                elif kind in (_S, _F):
+                    results.sync()
+                elif kind == _Q:
+                    results.query()
             replacement = None
             if kind == _F:
                 replacement = self._refuse(Unsupported(
@@ -182,23 +191,38 @@ class Relay:
                 new_parse = hook.parse(parse)
             except PgError as exc:
                 return self._refuse(exc, Parse, parse.name)
-            return None if new_parse is None else new_parse.encode()
+            after = hook.parsed()
+            if new_parse is None and not after:
+                return None
+            return (frames.raw(span) if new_parse is None else new_parse.encode()) + after
+        results = hook.results
         try:
             if kind == _B:
                 injected = hook.bind(body)
-                if injected:
-                    return self._inject(injected) + frames.raw(span)
+                bind = injected.pop() if injected and isinstance(injected[-1], Bind) else None
+                if results is not None:
+                    results.bind(bind or Bind.decode(FieldReader(body, "Bind")))
+                if injected or bind is not None:
+                    return self._inject(injected or []) + (
+                        frames.raw(span) if bind is None else bind.encode())
             elif kind == _EXECUTE:
                 hook.execute(body)
+                if results is not None:
+                    results.execute(decode_text(body[:body.index(b"\0")]))
             else:
                 hook.close(body)
+                if results is not None:
+                    closed = Close.decode(FieldReader(body, "Close"))
+                    results.closed(closed.kind, closed.name)
         except PgError as exc:
+            if kind == _EXECUTE and results is not None:
+                results.execute("")  # the marker Execute fails: its answer is an error
             return self._refuse(exc, Bind if kind == _B else Execute)
         except ValueError as exc:
             raise ProtocolViolation(f"invalid {bytes((kind,))!r} message") from exc
         return None
 
-    def _inject(self, messages: list[Close | Parse]) -> bytes:
+    def _inject(self, messages: list[Close | Parse | Bind]) -> bytes:
         """Messages of the proxy's own, sent before the client's; their answers are
         swallowed (see ``_answers``)."""
         for message in messages:
@@ -264,8 +288,11 @@ class Relay:
         if frames is None:
             return out
         plain_from = 0
+        results = self._hook.results
         for kind, start, end in frames.spans:
             replacement: bytes | None = None
+            if results is not None and kind in BACKEND_KINDS:
+                replacement = results.backend(kind, frames.data[start + 5:end])
             if kind == _Z:
                 self.pending = max(0, self.pending - 1)
                 self.received += 1
@@ -290,8 +317,11 @@ class Relay:
             elif kind == _ERROR:
                 replacement = self._error(frames.data[start + 5:end])
             elif kind == _STATUS and self._hook.scoped:
-                check_server_parameter(ParameterStatus.decode(FieldReader(
-                    frames.data[start + 5:end], "ParameterStatus")))
+                status = ParameterStatus.decode(FieldReader(frames.data[start + 5:end],
+                                                            "ParameterStatus"))
+                check_server_parameter(status)
+                if results is not None and status.name == "TimeZone":
+                    results.timezone = status.value
             elif kind == _NOTIFICATION and self._hook.inspects:
                 note = NotificationResponse.decode(FieldReader(frames.data[start + 5:end],
                                                                "NotificationResponse"))
