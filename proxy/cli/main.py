@@ -10,6 +10,7 @@ import signal
 import sys
 
 from proxy.auth.scram import make_verifier
+from proxy.cli.keys import add_keys_parser
 from proxy.cli.tools import add_tool_parsers
 from proxy.config.settings import Settings, load_settings
 from proxy.config.yamlsource import ConfigError
@@ -107,6 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--log-level", default="warning")
     demo.set_defaults(func=cmd_demo)
     add_tool_parsers(sub)
+    add_keys_parser(sub)
     return parser
 
 

@@ -82,6 +82,34 @@ class AuditSettings:
 
 
 @dataclass(frozen=True)
+class KeyStoreSettings:
+    """Where tenant data keys are kept (the proxy's own asyncpg connection): a URL, or a
+    role on the upstream's host, port, database and TLS settings."""
+
+    url: str | None = field(default=None, repr=False)
+    user: str | None = None
+    password: str | None = field(default=None, repr=False)
+    database: str | None = None
+
+    def dsn(self, upstream: UpstreamSettings) -> str:
+        from urllib.parse import quote, urlencode
+
+        if self.url:
+            return self.url
+        user, database = self.user or upstream.user, self.database or upstream.database
+        if not user or not database:
+            raise ConfigError("key_store needs a url, or a user and database (key_store.user "
+                              "and key_store.database, or upstream.user and upstream.database)")
+        password = self.password or upstream.password_for(user)
+        auth = quote(user, safe="") + (f":{quote(password, safe='')}" if password else "")
+        host = f"[{upstream.host}]" if ":" in upstream.host else upstream.host
+        query = {"sslmode": upstream.sslmode, **({"sslrootcert": upstream.sslrootcert}
+                                                 if upstream.sslrootcert else {})}
+        return (f"postgresql://{auth}@{host}:{upstream.port}/{quote(database, safe='')}"
+                f"?{urlencode(query)}")
+
+
+@dataclass(frozen=True)
 class Settings:
     listen_host: str = "127.0.0.1"
     listen_port: int = 6432
@@ -95,6 +123,7 @@ class Settings:
     #: HOST:PORT of the /metrics, /healthz and /readyz endpoint; None disables it.
     http_listen: str | None = None
     audit: AuditSettings | None = None
+    key_store: KeyStoreSettings | None = None
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -256,7 +285,8 @@ def settings_from_document(doc: Located) -> Settings:
         raise doc.error((), "expected a mapping at the top level")
     r = _Reader(doc)
     top = r.section((), {"listen", "upstream", "auth", "tls", "limits", "rules",
-                         "rules_reload_interval", "http_listen", "audit"})
+                         "rules_reload_interval", "http_listen", "audit",
+                         "key_store"})
     host, port = Settings.listen_host, Settings.listen_port
     listen = r.value(("listen",), top, str, None)
     if listen:
@@ -274,7 +304,20 @@ def settings_from_document(doc: Located) -> Settings:
         except ConfigError as exc:
             raise doc.error(("http_listen",), str(exc)) from exc
     return Settings(host, port, _upstream(r), _auth(r), _tls(r), _limits(r),
-                    r.value(("rules",), top, str, None), interval, http_listen, _audit(r))
+                    r.value(("rules",), top, str, None), interval, http_listen, _audit(r),
+                    key_store=_key_store(r))
+
+
+def _key_store(r: _Reader) -> KeyStoreSettings | None:
+    s = r.section(("key_store",), {"url", "user", "password", "database"})
+    if not s:
+        return None
+    url = r.secret(("key_store", "url"), s)  # it may hold a password
+    if url is not None and not url.startswith(("postgres://", "postgresql://")):
+        raise r.doc.error(("key_store", "url"), "must start with postgresql://")
+    return KeyStoreSettings(url, r.value(("key_store", "user"), s, str, None),
+                            r.secret(("key_store", "password"), s),
+                            r.value(("key_store", "database"), s, str, None))
 
 
 def _audit(r: _Reader) -> AuditSettings | None:
