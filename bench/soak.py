@@ -6,7 +6,8 @@
 The soak runs the vulnerable shop's benign SaaS traffic (bench/anomaly_workload.py)
 from several client threads for ``--duration`` seconds while the rules file is
 rewritten every few seconds (the proxy reloads it live), and reports throughput
-over time, errors, and the proxy's resident memory at the start and the end.
+over time, errors, the reloads the proxy applied or refused (from its /metrics),
+and its resident memory at the start and the end.
 The idle measurement opens connections that never log in (``--idle``) and
 logged-in sessions that then sit idle (``--sessions``, each with its upstream
 PostgreSQL connection) and reports the proxy's resident memory per connection.
@@ -17,12 +18,15 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import re
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import psycopg
@@ -45,28 +49,45 @@ def rss_kib(pid: int) -> int:
     raise RuntimeError("no VmRSS")
 
 
-def _wait_port(port: int) -> None:
+def _wait_port(port: int, proc: subprocess.Popen[bytes]) -> None:
     deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and proc.poll() is None:
         with socket.socket() as s:
             if s.connect_ex(("127.0.0.1", port)) == 0:
                 return
         time.sleep(0.1)
-    raise RuntimeError(f"nothing listens on {port}")
+    raise RuntimeError(f"nothing listens on {port} (proxy exit status {proc.poll()})")
+
+
+def reload_counts(http_port: int) -> dict[str, int]:
+    """tenant_proxy_rules_reloads_total by result, from the proxy's /metrics."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    found = re.findall(r'^tenant_proxy_rules_reloads_total\{result="(\w+)"\} (\S+)$', text,
+                       re.MULTILINE)
+    return {result: int(float(value)) for result, value in found}
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """As a ConfigMap update does: the watcher never sees a half-written file."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def start(work: Path, max_connections: int) -> tuple[LocalCluster, subprocess.Popen[bytes], int,
-                                                      Path]:
+                                                      Path, int]:
     cluster = LocalCluster(settings={"max_connections": str(max_connections)}).start()
     cluster.psql("CREATE DATABASE corpus")
     cluster.psql((ROOT / "tests" / "corpus" / "schema.sql").read_text(), database="corpus")
     rules = work / "rules.yaml"
     rules.write_text((ROOT / "tests" / "corpus" / "rules.yaml").read_text().replace(
         "corpus_app: {identity: trusted}", "shop: {identity: trusted}"))
-    port = free_port()
+    port, http_port = free_port(), free_port()
     config = work / "proxy.yaml"
     config.write_text(f"""
 listen: 127.0.0.1:{port}
+http_listen: 127.0.0.1:{http_port}
 upstream: {{host: 127.0.0.1, port: {cluster.port}, sslmode: disable, database: corpus,
             roles: {{shop: postgres}}, password: "{cluster.superuser_password}"}}
 auth: {{users: {{shop: "{make_verifier(PASSWORD)}"}}}}
@@ -75,15 +96,21 @@ limits: {{max_client_connections: 20000, login_timeout: 600}}
 """)
     proc = subprocess.Popen([sys.executable, "-m", "proxy.cli.main", "run", "--config",
                              str(config), "--log-level", "warning"], stdout=subprocess.DEVNULL)
-    _wait_port(port)
-    return cluster, proc, port, rules
+    try:
+        _wait_port(port, proc)
+        _wait_port(http_port, proc)
+    except BaseException:  # a proxy that cannot start must not leave the cluster running
+        proc.kill()
+        cluster.destroy()
+        raise
+    return cluster, proc, port, rules, http_port
 
 
 def dsn(port: int) -> str:
     return f"postgresql://shop:{PASSWORD}@127.0.0.1:{port}/corpus"
 
 
-def soak(port: int, rules: Path, pid: int, duration: float, clients: int,
+def soak(port: int, rules: Path, pid: int, http_port: int, duration: float, clients: int,
          reload_every: float) -> list[str]:
     done = [0] * clients
     errors = [0] * clients
@@ -103,6 +130,12 @@ def soak(port: int, rules: Path, pid: int, duration: float, clients: int,
     for t in threads:
         t.start()
     original = rules.read_text()
+    # A harmless edit the proxy must apply without dropping anyone: an unused table
+    # goes in and out of the tables section.
+    edited = original.replace("tables:\n", "tables:\n  public.pgbench_history: {scope: shared}\n")
+    assert edited != original, "the rules file has no tables section"
+    reloads_before = reload_counts(http_port)
+    edits = 0
     rows, start, last_total, last_t, flip = [], time.monotonic(), 0, time.monotonic(), False
     rss_start = rss_kib(pid)
     next_reload = start + reload_every
@@ -110,9 +143,9 @@ def soak(port: int, rules: Path, pid: int, duration: float, clients: int,
         time.sleep(1)
         now = time.monotonic()
         if now >= next_reload:
-            flip = not flip  # a harmless edit the proxy must pick up without dropping anyone
-            rules.write_text(original + ("  public.feature_flags: {scope: shared}\n" if flip
-                                         else ""))
+            flip = not flip
+            write_atomically(rules, edited if flip else original)
+            edits += 1
             next_reload = now + reload_every
         if now - last_t >= 5 or now - start >= duration:
             total = sum(done)
@@ -123,10 +156,14 @@ def soak(port: int, rules: Path, pid: int, duration: float, clients: int,
     for t in threads:
         t.join(10)
     rss_end = rss_kib(pid)
+    time.sleep(2)  # the watcher polls every second: let it see the last edit
+    reloads = {k: v - reloads_before.get(k, 0) for k, v in reload_counts(http_port).items()}
     return [
         f"Statements: {sum(done)}, errors (the shop's own failed statements, e.g. foreign-key "
         f"violations): {sum(errors)}; resident memory {rss_start / 1024:.1f} MiB at the start, "
         f"{rss_end / 1024:.1f} MiB at the end (growth {(rss_end - rss_start) / 1024:+.1f} MiB).",
+        f"Rules file edited {edits} times; the proxy applied {reloads.get('ok', 0)} reloads "
+        f"and refused {reloads.get('failed', 0)} (its /metrics).",
         "",
         "| second | statements/s | errors so far | proxy RSS MiB |",
         "|---|---|---|---|",
@@ -173,13 +210,16 @@ def main() -> int:
     ap.add_argument("--write")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="tenant-proxy-soak-"))
-    cluster, proc, port, rules = start(work, max([*args.sessions, 100]) + 50)
+    # SIGTERM (kill, timeout) unwinds like Ctrl-C, so the proxy and cluster are stopped.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    cluster, proc, port, rules, http_port = start(work, max([*args.sessions, 100]) + 50)
     out = [f"\n## Soak and idle connections ({time.strftime('%Y-%m-%d')})\n",
            f"Command: `python bench/soak.py {' '.join(sys.argv[1:])}` (the proxy as its own "
            f"process; {os.cpu_count()} cores shared with PostgreSQL and the clients).\n"]
     try:
         if args.duration > 0:
-            out += soak(port, rules, proc.pid, args.duration, args.clients, args.reload_every)
+            out += soak(port, rules, proc.pid, http_port, args.duration, args.clients,
+                        args.reload_every)
             out.append("")
         if args.idle or args.sessions:
             out += idle_memory(port, proc.pid, args.idle, args.sessions)
