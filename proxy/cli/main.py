@@ -4,60 +4,45 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import getpass
-import signal
+import logging
 import sys
 
 from proxy.auth.scram import make_verifier
 from proxy.cli.keys import add_keys_parser
 from proxy.cli.tools import add_tool_parsers
-from proxy.config.settings import Settings, load_settings
+from proxy.config.settings import load_settings
 from proxy.config.yamlsource import ConfigError
 from proxy.observability.logs import configure_logging
 from proxy.policy.rules import load_rules
-from proxy.server.listener import ProxyServer
-
-
-def _install_uvloop() -> None:
-    with contextlib.suppress(ImportError):
-        import uvloop
-
-        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-
-
-async def serve(settings: Settings) -> None:
-    """Run until SIGINT or SIGTERM."""
-    server = ProxyServer(settings)
-    await server.start()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    if server.watcher is not None:
-        loop.add_signal_handler(signal.SIGHUP, server.watcher.reload)
-    print(f"tenant-proxy listening on {settings.listen_host}:{server.port}", flush=True)
-    await stop.wait()
-    await server.drain()
+from proxy.server.run import install_uvloop, serve
+from proxy.server.supervisor import supervise
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     try:
         settings = load_settings(args.config, listen=args.listen, upstream=args.upstream,
-                                 rules=args.rules)
+                                 rules=args.rules, workers=args.workers)
     except ConfigError as exc:
         print(f"tenant-proxy: {exc}", file=sys.stderr)
         return 2
     configure_logging(args.log_level, args.log_format)
+    workers = settings.worker_count()
     if settings.rules:
         try:
-            load_rules(settings.rules)
+            rules = load_rules(settings.rules)
         except ConfigError as exc:
             print(f"tenant-proxy: {exc}", file=sys.stderr)
             return 2
-    _install_uvloop()
-    asyncio.run(serve(settings))
-    return 0
+        if workers > 1 and rules.anomaly.mode == "learn":
+            logging.getLogger("tenant_proxy").warning(
+                "anomaly learn mode with %d workers: each learns only the traffic it serves "
+                "and the saved baseline is the last one written; learn with --workers 1",
+                workers)
+    install_uvloop()
+    if workers == 1:
+        return asyncio.run(serve(settings))
+    return asyncio.run(supervise(settings, workers, args.log_level, args.log_format))
 
 
 def cmd_passwd(args: argparse.Namespace) -> int:
@@ -77,7 +62,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from proxy.cli.demo import run_demo
 
     configure_logging(args.log_level, "text")
-    _install_uvloop()
+    install_uvloop()
     return run_demo(port=args.port, interactive=not args.no_wait)
 
 
@@ -91,6 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--upstream", "-u",
                      help="postgresql:// URL of the upstream (env TENANT_PROXY_UPSTREAM)")
     run.add_argument("--rules", "-r", help="rules file (env TENANT_PROXY_RULES)")
+    run.add_argument("--workers", "-w", type=int,
+                     help="worker processes sharing the port (env TENANT_PROXY_WORKERS; "
+                          "default: one per available CPU)")
     run.add_argument("--log-level", default="info")
     run.add_argument("--log-format", choices=("json", "text"), default="json")
     run.set_defaults(func=cmd_run)

@@ -8,6 +8,7 @@ documented in README.md ("Settings reference").
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -20,6 +21,8 @@ from proxy.config.yamlsource import ConfigError, Located, load_yaml, resolve_sec
 SSLMODES = ("disable", "prefer", "require", "verify-ca", "verify-full")
 CLIENT_AUTH_METHODS = ("scram-sha-256", "trust")
 CLIENT_TLS_MODES = ("disable", "allow", "require")
+#: Worker indexes travel in seven bits of the proxy's BackendKeyData (proxy/server/cancel.py).
+MAX_WORKERS = 128
 
 
 @dataclass(frozen=True)
@@ -124,6 +127,28 @@ class Settings:
     http_listen: str | None = None
     audit: AuditSettings | None = None
     key_store: KeyStoreSettings | None = None
+    #: Worker processes sharing the listen port; None: one per available CPU.
+    workers: int | None = None
+
+    def worker_count(self) -> int:
+        return self.workers or available_cpus()
+
+
+def available_cpus() -> int:
+    """CPUs this process may use: its affinity mask, capped by a cgroup v2 CPU
+    quota (a container limited to 2 CPUs on a 64-core node gets 2 workers)."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cpus = os.cpu_count() or 1
+    try:
+        with open("/sys/fs/cgroup/cpu.max") as f:
+            quota, period = f.read().split()[:2]
+    except (OSError, ValueError):
+        return cpus
+    if quota == "max":
+        return cpus
+    return max(1, min(cpus, math.ceil(int(quota) / int(period))))
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -285,7 +310,7 @@ def settings_from_document(doc: Located) -> Settings:
         raise doc.error((), "expected a mapping at the top level")
     r = _Reader(doc)
     top = r.section((), {"listen", "upstream", "auth", "tls", "limits", "rules",
-                         "rules_reload_interval", "http_listen", "audit",
+                         "rules_reload_interval", "http_listen", "audit", "workers",
                          "key_store"})
     host, port = Settings.listen_host, Settings.listen_port
     listen = r.value(("listen",), top, str, None)
@@ -305,7 +330,15 @@ def settings_from_document(doc: Located) -> Settings:
             raise doc.error(("http_listen",), str(exc)) from exc
     return Settings(host, port, _upstream(r), _auth(r), _tls(r), _limits(r),
                     r.value(("rules",), top, str, None), interval, http_listen, _audit(r),
+                    workers=_workers(doc, r.value(("workers",), top, int, None)),
                     key_store=_key_store(r))
+
+
+def _workers(doc: Located | None, value: int | None) -> int | None:
+    if value is not None and not 1 <= value <= MAX_WORKERS:
+        message = f"must be between 1 and {MAX_WORKERS}, got {value}"
+        raise doc.error(("workers",), message) if doc else ConfigError(f"workers {message}")
+    return value
 
 
 def _key_store(r: _Reader) -> KeyStoreSettings | None:
@@ -336,7 +369,8 @@ def _audit(r: _Reader) -> AuditSettings | None:
 
 
 def load_settings(path: str | None, *, listen: str | None = None, upstream: str | None = None,
-                  rules: str | None = None, env: Mapping[str, str] = os.environ) -> Settings:
+                  rules: str | None = None, workers: int | None = None,
+                  env: Mapping[str, str] = os.environ) -> Settings:
     """Merge the settings file with environment variables and flags."""
     path = path or env.get("TENANT_PROXY_CONFIG")
     settings = settings_from_document(load_yaml(path)) if path else Settings()
@@ -353,4 +387,11 @@ def load_settings(path: str | None, *, listen: str | None = None, upstream: str 
     rules = rules or env.get("TENANT_PROXY_RULES")
     if rules:
         settings = replace(settings, rules=rules)
+    if workers is None and env.get("TENANT_PROXY_WORKERS"):
+        text = env["TENANT_PROXY_WORKERS"]
+        if not text.isdigit():
+            raise ConfigError(f"TENANT_PROXY_WORKERS={text!r}: expected a number of processes")
+        workers = int(text)
+    if workers is not None:
+        settings = replace(settings, workers=_workers(None, workers))
     return settings

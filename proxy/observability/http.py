@@ -2,7 +2,8 @@
 
 A deliberately tiny HTTP/1.0-style server on asyncio (GET only, one request
 per connection, bounded reads), so probes and scrapes share the proxy's event
-loop and see exactly its state.
+loop and see exactly its state. What the pages say comes from callables: one
+process renders its own registry, the supervisor of several workers asks them.
 """
 
 from __future__ import annotations
@@ -16,15 +17,28 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 log = logging.getLogger("tenant_proxy.http")
 
-Readiness = Callable[[], Awaitable[str | None]]
+#: None when healthy (ready), else the reason why not.
+Probe = Callable[[], Awaitable[str | None]]
+Exposition = Callable[[], Awaitable[bytes]]
+
+
+async def _alive() -> None:
+    return None
+
+
+def registry_exposition(registry: CollectorRegistry) -> Exposition:
+    async def render() -> bytes:
+        return generate_latest(registry)
+    return render
 
 
 class OpsServer:
-    def __init__(self, host: str, port: int, registry: CollectorRegistry,
-                 readiness: Readiness) -> None:
+    def __init__(self, host: str, port: int, exposition: Exposition, readiness: Probe,
+                 liveness: Probe = _alive) -> None:
         self.host, self._port = host, port
-        self.registry = registry
+        self.exposition = exposition
         self.readiness = readiness
+        self.liveness = liveness
         self._server: asyncio.Server | None = None
 
     @property
@@ -63,9 +77,12 @@ class OpsServer:
         if method != "GET":
             return "405 Method Not Allowed", "text/plain", b"GET only\n"
         if path == "/metrics":
-            return "200 OK", CONTENT_TYPE_LATEST, generate_latest(self.registry)
+            return "200 OK", CONTENT_TYPE_LATEST, await self.exposition()
         if path == "/healthz":
-            return "200 OK", "text/plain", b"ok\n"
+            problem = await self.liveness()
+            if problem is None:
+                return "200 OK", "text/plain", b"ok\n"
+            return "503 Service Unavailable", "text/plain", f"not alive: {problem}\n".encode()
         if path == "/readyz":
             problem = await self.readiness()
             if problem is None:

@@ -9,25 +9,34 @@ import time
 
 
 class JsonFormatter(logging.Formatter):
+    def __init__(self, worker: int | None = None) -> None:
+        super().__init__()
+        self.worker = worker
+
     def format(self, record: logging.LogRecord) -> str:
-        event = {
+        event: dict[str, object] = {
             "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
             + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "logger": record.name,
             "msg": record.getMessage(),
         }
+        if self.worker is not None:
+            event["worker"] = self.worker
         if record.exc_info:
             event["exc"] = self.formatException(record.exc_info)
         return json.dumps(event, ensure_ascii=False)
 
 
-def configure_logging(level: str = "info", fmt: str = "json") -> None:
+def configure_logging(level: str = "info", fmt: str = "json", worker: int | None = None) -> None:
+    """Log to stderr; a worker process (``worker``: its index) says so in every line."""
     handler = logging.StreamHandler(sys.stderr)
     if fmt == "json":
-        handler.setFormatter(JsonFormatter())
+        handler.setFormatter(JsonFormatter(worker))
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        where = "" if worker is None else f"[worker {worker}] "
+        handler.setFormatter(logging.Formatter(
+            f"%(asctime)s %(levelname)s {where}%(name)s: %(message)s"))
     root = logging.getLogger("tenant_proxy")
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -66,6 +66,9 @@ class Metrics:
         self.rules_reloads = Counter("tenant_proxy_rules_reloads",
                                      "Rules reloads by result (ok, failed).", ["result"],
                                      registry=r)
+        self.cancel_requests = Counter(
+            "tenant_proxy_cancel_requests", "CancelRequests by result (delivered, forwarded "
+            "to the owning worker, unknown).", ["result"], registry=r)
 
     def tenant_label(self, tenant: str | None) -> str:
         if tenant is None:
@@ -81,6 +84,23 @@ class Metrics:
     def set_rules_version(self, version: str) -> None:
         self.rules_info.clear()
         self.rules_info.labels(version).set(1)
+
+
+#: How the supervisor merges each gauge across workers (default: sum). The rules
+#: version is 1 in every worker that has it, so it takes the maximum.
+GAUGE_MERGE = {"tenant_proxy_rules_version_info": "max"}
+
+
+class SupervisorMetrics:
+    """The supervisor's own metrics, shown next to the workers' merged ones."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        self.workers = Gauge("tenant_proxy_workers", "Worker processes running.",
+                             registry=self.registry)
+        self.worker_restarts = Counter("tenant_proxy_worker_restarts",
+                                       "Worker processes restarted after they exited.",
+                                       registry=self.registry)
 
 
 #: The process-wide metrics; tests make their own registry.

@@ -10,11 +10,14 @@ import time
 from proxy.anomaly.warmup import warm_up
 from proxy.config.settings import Settings, parse_listen
 from proxy.errors import TooManyConnections
+from proxy.observability.aggregate import snapshot
 from proxy.observability.audit import AuditWriter
-from proxy.observability.http import OpsServer
+from proxy.observability.http import OpsServer, registry_exposition
 from proxy.observability.metrics import METRICS, Metrics
 from proxy.policy.rules import load_rules
 from proxy.server.cancel import CancelRegistry
+from proxy.server.control import ControlServer, ask, socket_path
+from proxy.server.place import WorkerPlace
 from proxy.server.reload import RulesWatcher
 from proxy.server.session import ServerState, Session
 from proxy.server.tls import client_side_context
@@ -30,10 +33,20 @@ _READY_CACHE_SECONDS = 2.0
 
 class ProxyServer:
     """Listener plus shared state. With ``settings.rules`` set, every login goes
-    through the isolation engine; without it statements pass through."""
+    through the isolation engine; without it statements pass through.
 
-    def __init__(self, settings: Settings, metrics: Metrics = METRICS) -> None:
-        self.state = ServerState(settings, CancelRegistry(), client_side_context(settings.tls),
+    As one of several workers (``worker``), it shares the port with the others
+    (SO_REUSEPORT), hands CancelRequests for their sessions to them, and
+    answers the supervisor on its control socket instead of serving HTTP.
+    """
+
+    def __init__(self, settings: Settings, metrics: Metrics = METRICS,
+                 worker: WorkerPlace | None = None) -> None:
+        self.worker = worker
+        self.metrics = metrics
+        cancels = CancelRegistry(worker.index, self._forward_cancel) if worker else \
+            CancelRegistry()
+        self.state = ServerState(settings, cancels, client_side_context(settings.tls),
                                  metrics=metrics)
         self.engine: Engine | None = None
         self.watcher: RulesWatcher | None = None
@@ -53,7 +66,13 @@ class ProxyServer:
         self.ops: OpsServer | None = None
         if settings.http_listen:
             host, port = parse_listen(settings.http_listen)
-            self.ops = OpsServer(host, port, metrics.registry, self.readiness)
+            self.ops = OpsServer(host, port, registry_exposition(metrics.registry),
+                                 self.readiness)
+        self.control: ControlServer | None = None
+        if worker is not None:
+            self.control = ControlServer(socket_path(worker.rundir, worker.index), {
+                "cancel": self._control_cancel, "ready": self._control_ready,
+                "metrics": self._control_metrics})
         self._server: asyncio.Server | None = None
         self._sessions: dict[asyncio.Task[None], Session] = {}
         self._upstream_checked = (0.0, "not checked yet")
@@ -71,9 +90,12 @@ class ProxyServer:
     async def start(self) -> None:
         s = self.state.settings
         self._server = await asyncio.start_server(self._accept, s.listen_host, s.listen_port,
-                                                  reuse_address=True, backlog=1024)
+                                                  reuse_address=True, backlog=1024,
+                                                  reuse_port=self.worker is not None)
         log.info("listening on %s:%d, upstream %s:%d", s.listen_host, self.port,
                  s.upstream.host, s.upstream.port)
+        if self.control is not None:
+            await self.control.start()
         if self.watcher is not None:
             self.watcher.start()
         if self.ops is not None:
@@ -112,6 +134,30 @@ class ProxyServer:
             return f"upstream {up.host}:{up.port} unreachable ({exc.__class__.__name__})"
         writer.close()
         return None
+
+    # --- control socket (worker mode) ---------------------------------------
+
+    async def _forward_cancel(self, owner: int, process_id: int, secret_key: int) -> bool:
+        assert self.worker is not None
+        try:
+            answer = await ask(socket_path(self.worker.rundir, owner), "cancel",
+                               str(process_id), str(secret_key))
+        except (OSError, TimeoutError) as exc:
+            log.warning("cannot forward a cancel request to worker %d: %s", owner, exc)
+            return False
+        return answer.strip() == b"delivered"
+
+    async def _control_cancel(self, args: list[str]) -> bytes:
+        result = await self.state.cancels.cancel_local(int(args[0]), int(args[1]))
+        self.metrics.cancel_requests.labels(result).inc()
+        return result.encode() + b"\n"
+
+    async def _control_ready(self, args: list[str]) -> bytes:
+        problem = await self.readiness()
+        return b"ready\n" if problem is None else f"not ready: {problem}\n".encode()
+
+    async def _control_metrics(self, args: list[str]) -> bytes:
+        return snapshot(self.metrics.registry)
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if len(self._sessions) >= self.state.settings.limits.max_client_connections:
@@ -172,5 +218,7 @@ class ProxyServer:
             await self._server.wait_closed()
         if self.ops is not None:
             await self.ops.close()
+        if self.control is not None:
+            await self.control.close()
         if self.audit is not None:
             self.audit.close()

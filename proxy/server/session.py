@@ -177,12 +177,11 @@ class Session:
         self.tls = True
 
     async def _cancel(self, packet: CancelRequest) -> None:
-        canceller = self.state.cancels.lookup(packet.process_id, packet.secret_key)
-        if canceller is None:
+        result = await self.state.cancels.cancel(packet.process_id, packet.secret_key)
+        self.state.metrics.cancel_requests.labels(result).inc()
+        if result == "unknown":
             log.info("cancel request from %s for unknown backend %d", self.peer,
                      packet.process_id)
-            return
-        await canceller()
 
     # --- authentication and upstream ----------------------------------------
 
