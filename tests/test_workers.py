@@ -228,6 +228,11 @@ def test_connections_spread_and_metrics_add_up(tree: ProxyTree) -> None:
         assert tree.total("tenant_proxy_workers") == 2
         assert tree.get("/readyz") == (200, "ready\n")
         assert tree.get("/healthz") == (200, "ok\n")
+        # The supervisor re-executed itself without the SQL engine: small, while
+        # every worker carries it.
+        assert b"pglast" not in Path(f"/proc/{tree.proc.pid}/maps").read_bytes()
+        assert all(b"pglast" in Path(f"/proc/{pid}/maps").read_bytes()
+                   for pid in tree.workers())
     finally:
         for c in conns:
             c.close()

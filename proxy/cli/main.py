@@ -16,7 +16,7 @@ from proxy.config.yamlsource import ConfigError
 from proxy.observability.logs import configure_logging
 from proxy.policy.rules import load_rules
 from proxy.server.run import install_uvloop, serve
-from proxy.server.supervisor import supervise
+from proxy.server.supervisor import exec_supervisor
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -39,10 +39,10 @@ def cmd_run(args: argparse.Namespace) -> int:
                 "anomaly learn mode with %d workers: each learns only the traffic it serves "
                 "and the saved baseline is the last one written; learn with --workers 1",
                 workers)
+    if workers > 1:
+        exec_supervisor(settings, workers, args.log_level, args.log_format)  # does not return
     install_uvloop()
-    if workers == 1:
-        return asyncio.run(serve(settings))
-    return asyncio.run(supervise(settings, workers, args.log_level, args.log_format))
+    return asyncio.run(serve(settings))
 
 
 def cmd_passwd(args: argparse.Namespace) -> int:

@@ -4,20 +4,15 @@ or one of several workers under the supervisor."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import signal
 import sys
 
 from proxy.config.settings import Settings
 from proxy.server.listener import ProxyServer
+from proxy.server.loop import install_uvloop
 from proxy.server.place import WorkerPlace
 
-
-def install_uvloop() -> None:
-    with contextlib.suppress(ImportError):
-        import uvloop
-
-        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+__all__ = ["install_uvloop", "serve"]
 
 
 async def serve(settings: Settings, worker: WorkerPlace | None = None) -> int:

@@ -5,6 +5,10 @@ workers that each listen on it with SO_REUSEPORT (the kernel spreads new
 connections over them), restarts a worker that exits, passes SIGHUP (rules
 reload) and SIGTERM (drain) on to all of them, and serves /metrics, /healthz
 and /readyz for the whole proxy by asking each worker over its control socket.
+
+``tenant-proxy run`` hands over to it with :func:`exec_supervisor`: a fresh
+interpreter that imports only what supervising needs, so the supervisor stays
+at about a quarter of a worker's memory (the SQL engine and numba are big).
 """
 
 from __future__ import annotations
@@ -35,8 +39,10 @@ from proxy.observability.aggregate import (
     render,
 )
 from proxy.observability.http import OpsServer
+from proxy.observability.logs import configure_logging
 from proxy.observability.metrics import GAUGE_MERGE, SupervisorMetrics
 from proxy.server.control import ask, socket_path
+from proxy.server.loop import install_uvloop
 from proxy.server.place import WorkerPlace, worker_settings
 from proxy.server.worker import WorkerSpec
 
@@ -65,6 +71,14 @@ class _Slot:
     @property
     def alive(self) -> bool:
         return self.proc is not None and self.proc.returncode is None
+
+
+def _child_env() -> dict[str, str]:
+    """The environment, with this copy of the proxy first on the module path
+    (it may be running from a source tree rather than an installed package)."""
+    root = str(Path(proxy.__file__).resolve().parents[1])
+    path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
+    return {**os.environ, "PYTHONPATH": path}
 
 
 def describe_exit(code: int | None) -> str:
@@ -130,13 +144,10 @@ class Supervisor:
         place = WorkerPlace(slot.index, self.count, self.rundir)
         spec = WorkerSpec(worker_settings(self.settings, place, self.port), place, os.getpid(),
                           self.log_level, self.log_format)
-        root = str(Path(proxy.__file__).resolve().parents[1])
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-            p for p in (root, os.environ.get("PYTHONPATH")) if p)}
         slot.started_at = time.monotonic()
         proc = slot.proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "proxy.server.worker", stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE, env=env)
+            stdout=asyncio.subprocess.PIPE, env=_child_env())
         assert proc.stdin is not None and proc.stdout is not None
         proc.stdin.write(pickle.dumps(spec))
         await proc.stdin.drain()
@@ -298,3 +309,30 @@ async def supervise(settings: Settings, count: int, log_level: str, log_format: 
     log.info("stopping: draining %d workers", sum(slot.alive for slot in supervisor.slots))
     await supervisor.stop()
     return 0
+
+
+def exec_supervisor(settings: Settings, count: int, log_level: str, log_format: str) -> None:
+    """Replace this process (same pid, so signals still reach it) with a fresh
+    interpreter running only the supervisor; the arguments travel in an
+    unlinked temporary file (they hold verifiers and upstream passwords)."""
+    with tempfile.TemporaryFile() as spec:
+        pickle.dump((settings, count, log_level, log_format), spec)
+        spec.flush()
+        spec.seek(0)
+        os.set_inheritable(spec.fileno(), True)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.execve(sys.executable, [sys.executable, "-m", "proxy.server.supervisor",
+                                   str(spec.fileno())], _child_env())
+
+
+def main() -> int:
+    with os.fdopen(int(sys.argv[1]), "rb") as spec:
+        settings, count, log_level, log_format = pickle.load(spec)
+    configure_logging(log_level, log_format)
+    install_uvloop()
+    return asyncio.run(supervise(settings, count, log_level, log_format))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
