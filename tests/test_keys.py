@@ -374,6 +374,11 @@ def test_ring_unreachable_store_raises_key_unavailable(rings: Any) -> None:
     with pytest.raises(KeyUnavailable, match="tenant acme"):
         ring.current("acme")
     assert run(ring.prefetch("acme")) is False
+    for _ in range(2):  # the second is not reloaded again, but not guessed either
+        with pytest.raises(KeyUnavailable, match="tenant acme"):
+            ring.get("acme", 1)
+    with pytest.raises(KeyUnavailable):
+        ring.live("acme")
     assert not ring.wait_ready(0.1)
 
 

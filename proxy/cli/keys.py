@@ -106,7 +106,7 @@ class Progress:
         self.stream.flush()
 
     def finish(self) -> None:
-        if self.tty:
+        if self.tty and self.shown >= 0:
             self.stream.write("\n")
             self.stream.flush()
 
@@ -209,7 +209,8 @@ class Reencryptor:
                 self.out.write(f"{table.name}: resuming at page {start}\n")
         pages = await self._pages(relation)
         progress = Progress(table.name, pages, self.out)
-        progress.update(start, pages)
+        if pages:
+            progress.update(start, pages)
         select = self._select(table, relation)
         density = await self._density(relation)
         while start < pages:

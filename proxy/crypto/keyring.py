@@ -113,6 +113,8 @@ class StoreKeyRing:
         self._lock = asyncio.Lock()
         self._ready = threading.Event()
         self._closed = False
+        #: Whether the last store operation succeeded.
+        self._healthy = False
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True,
                                         name="tenant-proxy-keys")
@@ -136,6 +138,9 @@ class StoreKeyRing:
         state = self._state.get(tenant)
         if state is None or version > state.newest:
             if not self._may_reload(tenant):
+                if not self._healthy:  # "unknown" would be a guess: NULL where data is
+                    raise KeyUnavailable(f"tenant {tenant}'s data key version {version} is "
+                                         "not loaded and the key store is unreachable")
                 return None
             self._call(self._reload_tenant(tenant), f"tenant {tenant}'s data keys")
             state = self._state.get(tenant)
@@ -146,6 +151,8 @@ class StoreKeyRing:
         return state.find(version)
 
     def live(self, tenant: str) -> list[DataKey]:
+        """Raises ``KeyUnavailable`` only before the first load, if the store is down:
+        an empty answer would make equality searches silently miss rows."""
         state = self._state.get(tenant)
         if state is None and not self._ready.is_set():
             # Before the first full load, "no keys" could be wrong: ask.
@@ -268,10 +275,13 @@ class StoreKeyRing:
         """Run ``work`` under the lock; a broken connection is dropped for the next try."""
         async with self._lock:
             try:
-                return await work
+                result = await work
             except _STORE_ERRORS:
+                self._healthy = False
                 await self._drop()
                 raise
+            self._healthy = True
+            return result
 
     async def _reload_all(self) -> None:
         async def work() -> None:
@@ -333,6 +343,8 @@ class StoreKeyRing:
 
     async def _shutdown(self) -> None:
         self._maintainer.cancel()
+        for task in list(self._pending):
+            task.cancel()
         async with self._lock:
             await self._drop()
 
