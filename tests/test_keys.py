@@ -22,7 +22,7 @@ from proxy.config.settings import UpstreamSettings, settings_from_document
 from proxy.config.yamlsource import parse_yaml
 from proxy.crypto import cipher
 from proxy.crypto.cipher import DataKey, KeyUnavailable
-from proxy.crypto.keyring import StoreKeyRing
+from proxy.crypto.keyring import APPLICATION_NAME, StoreKeyRing
 from proxy.crypto.keystore import TABLE, KeyStore
 from proxy.crypto.master import MasterKey
 from proxy.localpg.cluster import free_port
@@ -345,6 +345,25 @@ def test_ring_full_reload_without_notifications(dsn: str, rings: Any) -> None:
 
     run(silent_rotate())
     wait_for(lambda: ring.current("acme").version == 2, timeout=3)
+
+
+def test_ring_reconnects_after_losing_its_connection(dsn: str, rings: Any) -> None:
+    ring = rings(dsn, refresh=0.3)
+    ring.current("acme")
+
+    async def terminate() -> int:
+        conn = await asyncpg.connect(dsn)
+        try:
+            return len(await conn.fetch(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE application_name = $1", APPLICATION_NAME))
+        finally:
+            await conn.close()
+
+    assert run(terminate()) == 1
+    store(dsn, "rotate", "acme")
+    wait_for(lambda: ring.current("acme").version == 2, timeout=3)
+    assert run(terminate()) == 1  # connected again (and listening)
 
 
 def test_ring_get_unknown_version_reloads_once(dsn: str, rings: Any) -> None:

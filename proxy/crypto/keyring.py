@@ -26,6 +26,8 @@ from proxy.crypto.keystore import CHANNEL, KeyRow, KeyStore
 from proxy.crypto.master import KeyWrapper
 
 log = logging.getLogger("tenant_proxy.keys")
+#: How the key ring's connection shows in pg_stat_activity.
+APPLICATION_NAME = "tenant-proxy key ring"
 T = TypeVar("T")
 #: What a store operation raises when PostgreSQL is unreachable or refuses.
 _STORE_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
@@ -244,7 +246,10 @@ class StoreKeyRing:
         Called with the lock held."""
         if self._conn is None or self._conn.is_closed():
             self._conn = None
-            conn = await asyncpg.connect(self._dsn, timeout=self._timeout)
+            # A command timeout, so a silently dead connection is noticed and replaced.
+            conn = await asyncpg.connect(
+                self._dsn, timeout=self._timeout, command_timeout=self._timeout,
+                server_settings={"application_name": APPLICATION_NAME})
             try:
                 await KeyStore(conn, self._wrapper).ensure_schema()
                 await conn.add_listener(CHANNEL, self._notified)
