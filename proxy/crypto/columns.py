@@ -11,6 +11,7 @@ import struct
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from proxy.crypto import values
 from proxy.crypto.cipher import DataKey, KeyUnavailable, decrypt, encrypt, key_version
 from proxy.crypto.keyring import KeyRing
 from proxy.errors import PgError, Unsupported
@@ -45,7 +46,7 @@ class ColumnCrypto:
 
     @staticmethod
     def _plain(column: EncryptedColumn, data: bytes, fmt: int, client_type: int) -> bytes:
-        return _values().to_plain(column.type, data, fmt, canonical=column.deterministic,
+        return values.to_plain(column.type, data, fmt, canonical=column.deterministic,
                                client_type=client_type)
 
     def seal_param(self, tenant: str, column: EncryptedColumn, search: bool,
@@ -74,7 +75,7 @@ class ColumnCrypto:
 
     def seal_copy_field(self, tenant: str, column: EncryptedColumn, text: str) -> str:
         """A COPY text/CSV field's replacement: the ciphertext in bytea's hex form."""
-        plain = _values().to_plain(column.type, text.encode(), 0, canonical=column.deterministic)
+        plain = values.to_plain(column.type, text.encode(), 0, canonical=column.deterministic)
         key = self.keyring.current(tenant)
         return "\\x" + encrypt(key, column.mode, column.domain, plain).hex()
 
@@ -97,7 +98,7 @@ class ColumnCrypto:
                                   f"unreadable: key version {version} of this tenant was "
                                   "shredded", hint="Crypto-shredded data cannot be recovered.")
         plain = decrypt(key, column.mode, column.domain, data)
-        return _values().from_plain(column.type, plain, fmt, timezone=timezone)
+        return values.from_plain(column.type, plain, fmt, timezone=timezone)
 
 
 def _bytea_array(items: list[bytes | None]) -> bytes:
@@ -112,12 +113,6 @@ def _bytea_array(items: list[bytes | None]) -> bytes:
         else:
             parts += [_LENGTH.pack(len(item)), item]
     return b"".join(parts)
-
-
-def _values():  # type: ignore[no-untyped-def]
-    from proxy.crypto import values
-
-    return values
 
 
 __all__ = ["ColumnCrypto", "KeyUnavailable", "UnreadableValue"]

@@ -211,9 +211,10 @@ class TenantSession:
 
     def __post_init__(self) -> None:
         self.tenant = self.startup_tenant
-        crypto = self.engine.crypto
-        if crypto is not None:
-            self.results = ResultDecryptor(crypto, lambda: self.current, self._sealed_columns)
+        engine = self.engine
+        if engine.rules.encryption is not None:
+            self.results = ResultDecryptor(lambda: engine.crypto, lambda: self.current,
+                                           self._sealed_columns)
 
     def _sealed_columns(self, name: str) -> dict[int, Any]:
         prepared = self.statements.get(name)
@@ -427,6 +428,10 @@ class TenantSession:
                               hint="Rows cannot be written for another tenant.",
                               reason="tenant_mismatch")
         if plan.sealing is not None:
+            if self.results is None:
+                raise Refused("this session started before column encryption was configured",
+                              hint="Reconnect to use encrypted columns.",
+                              reason="encrypted_column")
             missing = plan.sealing.tables - self._crypto(tenant).tables
             if missing:
                 raise Unsupported(f"encrypted table {min(missing)} is not in the database as "
@@ -717,7 +722,7 @@ def open_session(engine: Engine, role: str, params: dict[str, str]
         name = key.lower()
         if name in lowered:
             raise InvalidAuthorization(f'startup parameter "{key}" is given twice')
-        if name not in _STARTUP_KEYS and name not in SAFE_SETTINGS:
+        if name not in _STARTUP_KEYS and name not in SAFE_SETTINGS and name != TENANT_SETTING:
             raise InvalidAuthorization(f'startup parameter "{key}" is not allowed by '
                                        "tenant-proxy")
         lowered[name] = value
@@ -727,12 +732,16 @@ def open_session(engine: Engine, role: str, params: dict[str, str]
         raise InvalidAuthorization("tenant-proxy needs client_encoding UTF8")
     # The proxy reads statements as UTF-8: so must the server, whatever defaults
     # the database or role carry.
-    upstream = {k: v for k, v in params.items() if k not in ("options", "replication")}
+    upstream = {k: v for k, v in params.items()
+                if k not in ("options", "replication", TENANT_SETTING)}
     upstream["client_encoding"] = "UTF8"
     options = []
-    startup_value = None
+    # A startup parameter (asyncpg's server_settings) or a -c option (libpq's options).
+    startup_value = params.get(TENANT_SETTING)
     for name, value in _parse_options(params.get("options", "")):
         if name == TENANT_SETTING:
+            if startup_value is not None:
+                raise InvalidAuthorization(f"{TENANT_SETTING} is given twice")
             startup_value = value
         elif name in SAFE_SETTINGS:
             options.append((name, value))

@@ -20,6 +20,7 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 
+from proxy.crypto import values
 from proxy.crypto.columns import ColumnCrypto
 from proxy.errors import PgError
 from proxy.policy.rules import EncryptedColumn
@@ -65,7 +66,8 @@ class _Asked:
 
 
 class ResultDecryptor:
-    def __init__(self, crypto: ColumnCrypto, tenant: Callable[[], str | None],
+    def __init__(self, crypto: Callable[[], ColumnCrypto | None],
+                 tenant: Callable[[], str | None],
                  sealed_params: Callable[[str], Mapping[int, EncryptedColumn]]) -> None:
         self._crypto = crypto
         self._tenant = tenant
@@ -144,7 +146,8 @@ class ResultDecryptor:
         return None
 
     def _layout(self, description: RowDescription) -> Layout:
-        attributes = self._crypto.attributes
+        crypto = self._crypto()
+        attributes = crypto.attributes if crypto is not None else {}
         fields = tuple((i, attributes[(c.table_oid, c.column_number)], c.format_code)
                        for i, c in enumerate(description.columns)
                        if c.table_oid and (c.table_oid, c.column_number) in attributes)
@@ -182,7 +185,7 @@ class ResultDecryptor:
                     .type_oids)
         for number, column in sealed.items():
             if 0 < number <= len(oids):
-                oids[number - 1] = _values().TYPE_OIDS[column.type]
+                oids[number - 1] = values.TYPE_OIDS[column.type]
         return ParameterDescription(tuple(oids)).encode()
 
     def _row(self, head: _Asked | None, body: bytes) -> bytes | None:
@@ -193,15 +196,16 @@ class ResultDecryptor:
             layout = self._portal_layout(head.name)
         if layout is None or not layout.fields:
             return None
-        tenant = self._tenant()
+        tenant, crypto = self._tenant(), self._crypto()
         row = list(DataRow.decode(FieldReader(body, "DataRow")).values)
         try:
-            if tenant is None:
-                raise PgError("encrypted values cannot be read without a tenant")
+            if tenant is None or crypto is None:
+                raise PgError("encrypted values cannot be read in this session now",
+                              hint="Set a tenant; the proxy may still be loading its keys.")
             for i, column, fmt in layout.fields:
                 value = row[i] if i < len(row) else None
                 if value is not None:
-                    row[i] = self._crypto.open(tenant, column, value, fmt, self.timezone)
+                    row[i] = crypto.open(tenant, column, value, fmt, self.timezone)
         except PgError as exc:
             if head is not None:
                 head.failed = True
@@ -222,14 +226,8 @@ class ResultDecryptor:
 
 
 def _logical(description: ColumnDescription, column: EncryptedColumn) -> ColumnDescription:
-    return replace(description, type_oid=_values().TYPE_OIDS[column.type],
-                   type_size=_values().TYPE_SIZES[column.type], type_modifier=-1)
-
-
-def _values():  # type: ignore[no-untyped-def]
-    from proxy.crypto import values
-
-    return values
+    return replace(description, type_oid=values.TYPE_OIDS[column.type],
+                   type_size=values.TYPE_SIZES[column.type], type_modifier=-1)
 
 
 __all__ = ["BACKEND_KINDS", "Layout", "ResultDecryptor"]
