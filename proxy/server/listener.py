@@ -17,6 +17,7 @@ from proxy.observability.metrics import METRICS, Metrics
 from proxy.policy.rules import load_rules
 from proxy.server.cancel import CancelRegistry
 from proxy.server.control import ControlServer, ask, socket_path
+from proxy.server.encryption import EncryptionService
 from proxy.server.place import WorkerPlace
 from proxy.server.reload import RulesWatcher
 from proxy.server.session import ServerState, Session
@@ -63,6 +64,7 @@ class ProxyServer:
                                         settings.rules_reload_interval)
             engine = self.engine
             self.state.hook_factory = lambda role, params: open_session(engine, role, params)
+        self.encryption = EncryptionService(settings, self.engine) if self.engine else None
         self.ops: OpsServer | None = None
         if settings.http_listen:
             host, port = parse_listen(settings.http_listen)
@@ -89,6 +91,8 @@ class ProxyServer:
 
     async def start(self) -> None:
         s = self.state.settings
+        if self.encryption is not None:
+            await self.encryption.start()
         self._server = await asyncio.start_server(self._accept, s.listen_host, s.listen_port,
                                                   reuse_address=True, backlog=1024,
                                                   reuse_port=self.worker is not None)
@@ -220,5 +224,7 @@ class ProxyServer:
             await self.ops.close()
         if self.control is not None:
             await self.control.close()
+        if self.encryption is not None:
+            await self.encryption.close()
         if self.audit is not None:
             self.audit.close()

@@ -216,7 +216,10 @@ class Session:
         self.state.metrics.upstream_connections.inc()
         if self.hook.scoped:
             for raw in self.upstream.parameter_status:
-                check_server_parameter(be.ParameterStatus.decode(FieldReader(raw[5:], "S")))
+                status = be.ParameterStatus.decode(FieldReader(raw[5:], "S"))
+                check_server_parameter(status)
+                if status.name == "TimeZone" and self.hook.results is not None:
+                    self.hook.results.timezone = status.value
         self.cancel_key = self.state.cancels.register(self._cancel_upstream)
         self.writer.write(b"".join([
             be.Authentication(be.AUTH_OK).encode(),
