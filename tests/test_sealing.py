@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pglast
 import pytest
 
@@ -137,3 +141,38 @@ def test_copy_from_marks_encrypted_fields() -> None:
     assert [(i, c.column) for i, c in result.copy_in.sealed] == [(1, "email"), (2, "ssn")]
     refused = plan_statement("COPY patients (id, ssn) FROM STDIN WITH (NULL 'x')", RULES)
     assert refused.error is not None and "NULL" in refused.error.message
+
+
+def test_explain_shows_what_is_encrypted(tmp_path: Path) -> None:
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(_EXPLAIN_RULES)
+
+    def explain(sql: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "proxy.cli.main", "explain", "--rules",
+                               str(rules), "--tenant", "7", sql], capture_output=True,
+                              text=True, timeout=60, check=False)
+
+    shown = explain("UPDATE patients SET ssn = $1 WHERE email = 'a@b.c'")
+    assert shown.returncode == 0, shown.stderr
+    assert "'a@b.c'" not in shown.stdout.splitlines()[0]  # the SQL carries ciphertext
+    assert "encrypted literal 'a@b.c' -> public.patients.email (deterministic text, " \
+           "searched for under every live key)" in shown.stdout
+    assert "encrypted at Bind: $1 -> public.patients.ssn (randomized text, written)" \
+        in shown.stdout
+    refused = explain("SELECT * FROM patients ORDER BY ssn")
+    assert refused.returncode == 1 and "REFUSED 0A000: ORDER BY on encrypted column" \
+        in refused.stdout
+
+
+_EXPLAIN_RULES = f"""
+version: 1
+tables:
+  patients: {{scope: tenant}}
+users:
+  app: {{identity: token}}
+encryption:
+  master_key: '{"ab" * 32}'
+  columns:
+    patients.ssn: {{mode: randomized, type: text}}
+    patients.email: {{mode: deterministic, type: text}}
+"""

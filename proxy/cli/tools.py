@@ -9,10 +9,13 @@ import sys
 from pathlib import Path
 
 from proxy.config.yamlsource import ConfigError
+from proxy.crypto.columns import ColumnCrypto
+from proxy.crypto.keyring import MemoryKeyRing
 from proxy.policy.rules import Rules, load_rules
 from proxy.policy.tokens import load_ed25519_private_key, load_hmac_key, mint_ed25519, mint_hs256
 from proxy.sql.pipeline import Engine, TenantSession
-from proxy.sql.plan import IdentityAction
+from proxy.sql.plan import IdentityAction, Plan
+from proxy.sql.sealing import SealedValue
 
 #: tenant.type -> PostgreSQL type names a tenant column may have.
 _COLUMN_TYPES = {"bigint": {"bigint", "integer", "smallint"}, "integer": {"integer", "smallint"},
@@ -79,6 +82,13 @@ def cmd_explain(args: argparse.Namespace) -> int:
     if rules is None:
         return 2
     engine = Engine(rules)
+    if rules.encryption is not None:
+        # Throwaway keys: the output shows where ciphertext goes, never real ciphertext.
+        keyring = MemoryKeyRing()
+        if args.tenant:
+            keyring.current(rules.check_tenant(args.tenant))
+        engine.crypto = ColumnCrypto(rules.encryption, keyring, {},
+                                     frozenset(rules.encryption.columns))
     user = next(iter(rules.users.values()), None)
     from proxy.policy.rules import UserRule
 
@@ -102,7 +112,29 @@ def cmd_explain(args: argparse.Namespace) -> int:
     if plan.tenant_params:
         print(f"-- checked at Bind: parameters {sorted(plan.tenant_params)} must equal "
               "the tenant")
+    for line in _encryption_notes(plan):
+        print(f"-- {line}")
     return 0
+
+
+def _encryption_notes(plan: Plan) -> list[str]:
+    """Which values the proxy encrypts and which results it decrypts."""
+    sealing = plan.sealing
+    if sealing is None:
+        return []
+
+    def how(sealed: SealedValue) -> str:
+        column = sealed.column
+        what = "searched for under every live key" if sealed.search else "written"
+        return f"{column.qualified} ({column.mode} {column.type}, {what})"
+
+    notes = [f"encrypted literal {literal!r} -> {how(sealed)}"
+             for sealed, literal in sealing.literals.values()]
+    notes += [f"encrypted at Bind: ${number} -> {how(sealed)}"
+              for number, sealed in sorted(sealing.params.items())]
+    notes += [f"decrypted in results: encrypted columns of {table}"
+              for table in sorted(sealing.tables)]
+    return notes
 
 
 def _describe(action: IdentityAction) -> str:
