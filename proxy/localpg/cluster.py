@@ -104,6 +104,7 @@ class LocalCluster:
             "max_connections": "300",
             "shared_buffers": "128MB",
             "password_encryption": "'scram-sha-256'",
+            **_statement_statistics(),
             **self.settings,
         }
         if self.ssl_cert:
@@ -144,3 +145,10 @@ class LocalCluster:
             self.stop("immediate")
         finally:
             shutil.rmtree(self.base, ignore_errors=True)
+
+
+def _statement_statistics() -> dict[str, str]:
+    """pg_stat_statements when the server has it: tests check that no plaintext of an
+    encrypted column shows in it."""
+    library = find_bindir().parent / "lib" / "pg_stat_statements.so"
+    return {"shared_preload_libraries": "'pg_stat_statements'"} if library.exists() else {}
