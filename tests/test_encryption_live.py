@@ -511,3 +511,24 @@ def test_bypass_role_sees_ciphertext(enc: RunningProxy) -> None:
         stored = conn.execute("SELECT ssn FROM patients WHERE ssn IS NOT NULL LIMIT 1"
                               ).fetchone()[0]
     assert isinstance(stored, bytes) and stored[0] == 1
+
+
+def test_check_reports_encrypted_columns(enc: RunningProxy, db: Database, rules_file: Path,
+                                         tmp_path: Path) -> None:
+    env = {**os.environ, "TP_TEST_MASTER_KEY": MASTER}
+
+    def check(rules: Path) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "proxy.cli.main", "check", str(rules),
+                               "--dsn", db.dsn(db.superuser, ENC_DB)], capture_output=True,
+                              text=True, env=env, timeout=120, check=False)
+
+    good = check(rules_file)
+    assert good.returncode == 0, good.stdout + good.stderr
+    bad = tmp_path / "rules.yaml"
+    bad.write_text(RULES.replace("contacts.note:", "contacts.missing:").replace(
+        "patients.small:", "patients.name:"))
+    result = check(bad)
+    assert result.returncode == 1
+    assert "encryption.columns.public.contacts.missing: no such column" in result.stdout
+    assert "encryption.columns.public.patients.name: is text; encrypted columns are bytea" \
+        in result.stdout

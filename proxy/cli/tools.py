@@ -53,6 +53,13 @@ async def check_database(rules: Rules, dsn: str) -> list[str]:
             elif kind not in _COLUMN_TYPES[rules.tenant_type]:
                 problems.append(f"{rules.source}: tables.{name}: column {rule.column} is "
                                 f"{kind}, but tenant.type is {rules.tenant_type}")
+            encrypted = rules.encryption.columns.get(name, {}) if rules.encryption else {}
+            for column in encrypted.values():
+                kind = columns.get(column.column)
+                if kind != "bytea":
+                    problems.append(f"{rules.source}: encryption.columns.{column.qualified}: "
+                                    + ("no such column" if kind is None else
+                                       f"is {kind}; encrypted columns are bytea"))
         return problems
     finally:
         await conn.close()
