@@ -7,6 +7,7 @@ upstream in binary (raw bytea or a binary bytea[] array), literals as SQL text.
 
 from __future__ import annotations
 
+import re
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ BYTEA_OID = 17
 _ARRAY_HEADER = struct.Struct("!iiIii")
 _EMPTY_ARRAY = struct.Struct("!iiI")
 _LENGTH = struct.Struct("!i")
+_BYTEA_ESCAPE = re.compile(rb"\\([0-7]{3}|\\)")
 
 
 class UnreadableValue(PgError):
@@ -85,10 +87,9 @@ class ColumnCrypto:
              timezone: str) -> bytes | None:
         """A DataRow value as the client asked for it (text or binary)."""
         if fmt == 0:
-            if not data.startswith(b"\\x"):
-                raise Unsupported("encrypted columns need bytea_output = hex",
-                                  hint="Do not change bytea_output in tenant sessions.")
-            data = bytes.fromhex(data[2:].decode("ascii"))
+            data = bytes.fromhex(data[2:].decode("ascii")) if data.startswith(b"\\x") else \
+                _BYTEA_ESCAPE.sub(lambda m: bytes([int(m[1], 8)]) if len(m[1]) == 3 else b"\\",
+                                  data)  # bytea_output = escape
         version = key_version(data)
         key = self.keyring.get(tenant, version)
         if key is None:
