@@ -37,7 +37,8 @@ from proxy.policy.rules import load_rules
 from proxy.server.cancel import CancelRegistry, owner_of
 from proxy.server.place import WorkerPlace, worker_settings
 from proxy.wire import backend as be
-from tests.harness import Database
+from proxy.wire import frontend as fe
+from tests.harness import Database, RunningProxy
 from tests.rawclient import RawClient, errors
 
 WORKERS_DB = "tp_workers"
@@ -396,6 +397,26 @@ def _worker_pid(tree: ProxyTree, index: int) -> int:
     found = re.findall(rf"worker {index} listening \(pid (\d+)\)", tree.log.read_text())
     assert found, tree.log.read_text()
     return int(found[-1])
+
+
+# --- memory bounds ---------------------------------------------------------
+
+
+def test_clients_not_logged_in_cannot_make_the_proxy_buffer_much(proxy: RunningProxy) -> None:
+    """Before authentication a message may be 64 KiB at most (PostgreSQL's own
+    limit), not limits.max_message_size: the length word alone gets 08P01."""
+    client = RawClient.connect(proxy.port)
+    try:
+        client.send(fe.StartupMessage({"user": "app", "database": "postgres"}))
+        first = client.recv()
+        assert isinstance(first, be.Authentication) and first.code == be.AUTH_SASL
+        client.send_raw(b"p" + (1 << 20).to_bytes(4, "big") + b"x" * 1000)  # "1 MiB follows"
+        end = client.recv()
+        assert isinstance(end, be.ErrorResponse) and end.sqlstate == "08P01", end
+        assert "exceeds the limit of 65535 bytes" in end.fields["M"]
+        assert client.recv() is None  # and the connection is closed
+    finally:
+        client.close()
 
 
 # --- the parts, without processes -------------------------------------------

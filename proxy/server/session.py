@@ -54,6 +54,10 @@ log = logging.getLogger("tenant_proxy.session")
 
 #: Startup parameters the proxy decides itself instead of forwarding.
 _NOT_FORWARDED = {"user", "database", "replication"}
+#: Largest message a client may send before it is authenticated (PostgreSQL's
+#: PG_MAX_AUTH_TOKEN_LENGTH): a connection that has not logged in holds at most
+#: this, not ``limits.max_message_size``.
+MAX_AUTH_MESSAGE = 65535
 
 
 def forwarded_startup(params: dict[str, str]) -> dict[str, str]:
@@ -202,8 +206,8 @@ class Session:
         unknown = [k for k in params if k.startswith("_pq_.")]
         if startup.minor > 0 or unknown:
             self.writer.write(be.NegotiateProtocolVersion(0, tuple(unknown)).encode())
-        stream = MessageStream(self.reader, MessageFramer(self.limits.max_message_size,
-                                                          "client"))
+        stream = MessageStream(self.reader, MessageFramer(
+            min(self.limits.max_message_size, MAX_AUTH_MESSAGE), "client"))
         await self._authenticate(stream)
         self.hook, upstream_params = self.state.hook_factory(self.user,
                                                              forwarded_startup(params))
