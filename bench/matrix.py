@@ -57,6 +57,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="subset of: " + ", ".join(repr(t.name) for t in TARGETS))
     ap.add_argument("--proxy-workers", type=int, default=available_cpus(),
                     help="tenant-proxy --workers (default: the proxy's own, one per CPU)")
+    ap.add_argument("--also-workers", type=int, metavar="N",
+                    help="add a target: the proxy with isolation and N workers")
     ap.add_argument("--no-memory", dest="memory", action="store_false",
                     help="skip the idle-connection memory measurement")
     ap.add_argument("--write", help="put the section into this Markdown file")
@@ -152,6 +154,9 @@ def memory(args: argparse.Namespace) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     chosen = [t for t in TARGETS if t.name in args.targets]
+    if args.also_workers:
+        chosen.append(Target(f"proxy isolation, {args.also_workers} workers", "proxy",
+                             features=frozenset({"isolation"}), workers=args.also_workers))
     workdir = Path(tempfile.mkdtemp(prefix="tenant-proxy-matrix-"))
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwind: stop what we started
     cluster = LocalCluster(settings={"max_connections": str(4 * max(args.clients) + 100)})
@@ -164,7 +169,8 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(workdir, ignore_errors=True)
     settings = (f"scale {args.scale}, {args.duration} s per run, {args.repeat} repeats per "
                 f"cell, pgbench -j min(2, clients) with {SAMPLING_RATE:.0%} of transactions "
-                f"logged for percentiles, proxy with {args.proxy_workers} worker(s), bench "
+                f"logged for percentiles, proxy with {args.proxy_workers} worker(s) unless the "
+                "target says otherwise, bench "
                 "rules bench/rules.yaml (pgbench_accounts tenant-scoped, the rest shared); "
                 "all features = isolation + anomaly scoring (monitor, baseline learned "
                 f"from {LEARN_SECONDS} s of each workload and protocol) + audit trail + "

@@ -42,6 +42,8 @@ class Target:
     kind: str  # direct, pgbouncer or proxy
     pool_mode: str | None = None
     features: frozenset[str] = frozenset()
+    #: The proxy's --workers; None: the run's --proxy-workers.
+    workers: int | None = None
 
 
 TARGETS: tuple[Target, ...] = (
@@ -140,7 +142,8 @@ class Targets:
                 proc, port = self._pgbouncer(target.pool_mode or "session")
                 self.running[target.name] = Running(target, port, proc)
             else:
-                proc, port, http = self.proxy(target.features, self.proxy_workers)
+                proc, port, http = self.proxy(target.features,
+                                              target.workers or self.proxy_workers)
                 self.running[target.name] = Running(target, port, proc, http)
 
     def stop(self) -> None:
