@@ -143,6 +143,8 @@ class ProxyServer:
 
     async def _forward_cancel(self, owner: int, process_id: int, secret_key: int) -> bool:
         assert self.worker is not None
+        if owner >= self.worker.count:  # no such worker: a made-up key
+            return False
         try:
             answer = await ask(socket_path(self.worker.rundir, owner), "cancel",
                                str(process_id), str(secret_key))

@@ -327,6 +327,7 @@ def exec_supervisor(settings: Settings, count: int, log_level: str, log_format: 
 
 
 def main() -> int:
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until supervise() handles it: never fatal
     with os.fdopen(int(sys.argv[1]), "rb") as spec:
         settings, count, log_level, log_format = pickle.load(spec)
     configure_logging(log_level, log_format)
