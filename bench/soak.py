@@ -6,8 +6,10 @@
 The soak runs the vulnerable shop's benign SaaS traffic (bench/anomaly_workload.py)
 from several client threads for ``--duration`` seconds while the rules file is
 rewritten every few seconds (the proxy reloads it live), and reports throughput
-over time, errors, the reloads the proxy applied or refused (from its /metrics),
-and its resident memory at the start and the end.
+over time with the proxy's own CPU time per statement (which, unlike throughput,
+does not depend on what else the machine runs), errors, the reloads the proxy
+applied or refused (from its /metrics), and its resident memory at the start and
+the end.
 The idle measurement opens connections that never log in (``--idle``) and
 logged-in sessions that then sit idle (``--sessions``, each with its upstream
 PostgreSQL connection) and reports the proxy's resident memory per connection.
@@ -72,6 +74,19 @@ def process_tree(root: int) -> list[int]:
         tree.append(pid)
         todo.extend(children.get(pid, ()))
     return tree
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of the proxy (every process, as for its RSS): its
+    own cost, whatever else the machine runs."""
+    ticks = 0
+    for p in process_tree(pid):
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rpartition(")")[2].split()
+        except OSError:  # exited meanwhile
+            continue
+        ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def _wait_port(port: int, proc: subprocess.Popen[bytes]) -> None:
@@ -162,7 +177,7 @@ def soak(port: int, rules: Path, pid: int, http_port: int, duration: float, clie
     reloads_before = reload_counts(http_port)
     edits = 0
     rows, start, last_total, last_t, flip = [], time.monotonic(), 0, time.monotonic(), False
-    rss_start = rss_kib(pid)
+    rss_start, last_cpu = rss_kib(pid), cpu_seconds(pid)
     next_reload = start + reload_every
     while time.monotonic() - start < duration:
         time.sleep(1)
@@ -173,10 +188,11 @@ def soak(port: int, rules: Path, pid: int, http_port: int, duration: float, clie
             edits += 1
             next_reload = now + reload_every
         if now - last_t >= 5 or now - start >= duration:
-            total = sum(done)
+            total, cpu = sum(done), cpu_seconds(pid)
             rows.append(f"| {now - start:5.0f} | {(total - last_total) / (now - last_t):8.0f} | "
+                        f"{(cpu - last_cpu) * 1e6 / max(total - last_total, 1):.0f} | "
                         f"{sum(errors)} | {rss_kib(pid) / 1024:.1f} |")
-            last_total, last_t = total, now
+            last_total, last_t, last_cpu = total, now, cpu
     stop.set()
     for t in threads:
         t.join(10)
@@ -190,8 +206,8 @@ def soak(port: int, rules: Path, pid: int, http_port: int, duration: float, clie
         f"Rules file edited {edits} times; the proxy applied {reloads.get('ok', 0)} reloads "
         f"and refused {reloads.get('failed', 0)} (its /metrics).",
         "",
-        "| second | statements/s | errors so far | proxy RSS MiB |",
-        "|---|---|---|---|",
+        "| second | statements/s | proxy CPU µs/statement | errors so far | proxy RSS MiB |",
+        "|---|---|---|---|---|",
         *rows,
     ]
 
@@ -238,14 +254,22 @@ def main() -> int:
     # SIGTERM (kill, timeout) unwinds like Ctrl-C, so the proxy and cluster are stopped.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     cluster, proc, port, rules, http_port = start(work, max([*args.sessions, 100]) + 50)
-    out = [f"\n## Soak and idle connections ({time.strftime('%Y-%m-%d')})\n",
+    title = " and ".join(part for part, ran in (("Soak", args.duration > 0),
+                                                ("idle connections", args.idle or args.sessions))
+                         if ran).capitalize()
+    out = [f"\n## {title} ({time.strftime('%Y-%m-%d')})\n",
            f"Command: `python bench/soak.py {' '.join(sys.argv[1:])}` (the proxy as its own "
            f"process; {os.cpu_count()} cores shared with PostgreSQL and the clients).\n"]
     try:
         if args.duration > 0:
+            def items() -> int:  # the workload inserts more than it deletes
+                return int(cluster.psql("SELECT count(*) FROM order_items", database="corpus"))
+
+            before = items()
             out += soak(port, rules, proc.pid, http_port, args.duration, args.clients,
                         args.reload_every)
-            out.append("")
+            out += ["", f"order_items rows (unindexed, scanned by the workload): {before} at "
+                    f"the start, {items()} at the end.", ""]
         if args.idle or args.sessions:
             out += idle_memory(port, proc.pid, args.idle, args.sessions)
     finally:
