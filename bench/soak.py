@@ -250,9 +250,15 @@ def main() -> int:
     ap.add_argument("--sessions", type=int, nargs="*", default=[])
     ap.add_argument("--write")
     args = ap.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="tenant-proxy-soak-"))
     # SIGTERM (kill, timeout) unwinds like Ctrl-C, so the proxy and cluster are stopped.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    with tempfile.TemporaryDirectory(prefix="tenant-proxy-soak-") as work:
+        out = run(args, Path(work))
+    emit(out, args.write)
+    return 0
+
+
+def run(args: argparse.Namespace, work: Path) -> list[str]:
     cluster, proc, port, rules, http_port = start(work, max([*args.sessions, 100]) + 50)
     title = " and ".join(part for part, ran in (("Soak", args.duration > 0),
                                                 ("idle connections", args.idle or args.sessions))
@@ -276,8 +282,7 @@ def main() -> int:
         proc.terminate()
         proc.wait(30)
         cluster.destroy()
-    emit(out, args.write)
-    return 0
+    return out
 
 
 if __name__ == "__main__":
