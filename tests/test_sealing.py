@@ -11,6 +11,7 @@ import pytest
 
 from proxy.policy.rules import parse_rules
 from proxy.sql.engine import plan_statement
+from proxy.sql.pipeline import Engine
 from proxy.sql.sealing import placeholders
 
 RULES = parse_rules(f"""
@@ -82,6 +83,8 @@ def test_allowed(sql: str, params: dict[int, bool], literals: list[bool]) -> Non
     ("SELECT * FROM patients ORDER BY email", "ORDER BY"),
     ("SELECT email AS e FROM patients ORDER BY e", "ORDER BY"),
     ("SELECT ssn FROM patients ORDER BY 1", "ORDER BY"),
+    ("SELECT id, email FROM patients ORDER BY $1", "ORDER BY"),  # a template's "ORDER BY 2"
+    ("SELECT id, ssn FROM patients GROUP BY id, $1", "GROUP BY"),
     ("SELECT lower(email) FROM patients", "lower"),
     ("SELECT email::text FROM patients", "cast"),
     ("SELECT length(ssn) FROM patients", "length"),
@@ -176,3 +179,15 @@ encryption:
     patients.ssn: {{mode: randomized, type: text}}
     patients.email: {{mode: deterministic, type: text}}
 """
+
+
+def test_positions_in_shared_templates_are_refused() -> None:
+    """A simple-protocol statement is planned with its literals as parameters; a literal
+    that is a column position must still be seen as one."""
+    engine = Engine(RULES)
+    for sql in ("SELECT id, email FROM patients ORDER BY 2",
+                "SELECT ssn, count(*) FROM patients GROUP BY 1"):
+        plan, _ = engine.plan_query(sql)
+        assert plan.error is not None and plan.error.sqlstate == "0A000", sql
+    plan, literals = engine.plan_query("SELECT email, count(*) FROM patients GROUP BY 1")
+    assert plan.error is None and literals == ("1",)

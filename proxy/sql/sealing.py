@@ -299,7 +299,7 @@ class _Sealer:
     def grouping(self, items: list[exp.Expression], scopes: list[_Scope], scope: _Scope,
                  what: str) -> None:
         for item in items:
-            column = self.encrypted(item, scopes) or self.output(item, scope)
+            column = self.encrypted(item, scopes) or self.output(item, scope, any_=False)
             if column is not None:
                 if not column.deterministic:
                     raise _refuse(column, what)
@@ -307,14 +307,22 @@ class _Sealer:
             self.expression(item, scopes)
 
     def ordering(self, item: exp.Expression, scopes: list[_Scope], scope: _Scope) -> None:
-        column = self.encrypted(item, scopes) or self.output(item, scope)
+        column = self.encrypted(item, scopes) or self.output(item, scope, any_=True)
         if column is not None:
             raise _refuse(column, "ORDER BY")
         self.expression(item, scopes)
 
     @staticmethod
-    def output(item: exp.Expression, scope: _Scope) -> EncryptedColumn | None:
-        """An ORDER BY / GROUP BY item naming a SELECT-list entry by name or number."""
+    def output(item: exp.Expression, scope: _Scope, *, any_: bool) -> EncryptedColumn | None:
+        """An ORDER BY / GROUP BY item naming a SELECT-list entry by name or number.
+
+        A parameter may be the slot of a literal in a plan shared by statements that
+        differ only in literals (``ORDER BY 1`` and ``ORDER BY 2``): it is taken to name
+        any encrypted output (``any_``), or any randomized one.
+        """
+        if isinstance(item, exp.Parameter):
+            return next((c for c in scope.positions
+                         if c is not None and (any_ or not c.deterministic)), None)
         if isinstance(item, exp.Literal) and not item.is_string and item.this.isdigit():
             n = int(item.this)
             return scope.positions[n - 1] if 0 < n <= len(scope.positions) else None
