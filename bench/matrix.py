@@ -1,5 +1,6 @@
 """The pgbench matrix: direct PostgreSQL, PgBouncer (session and transaction mode)
-and tenant-proxy (pass-through, isolation, all features), in one run.
+and tenant-proxy (pass-through, isolation, isolation + encryption, all features), in
+one run.
 
     python -m bench.matrix --write bench/RESULTS.md          # the full matrix (~1.5 h)
     python -m bench.matrix --quick --write bench/RESULTS.md  # a reduced one (~15 min)
@@ -172,7 +173,9 @@ def main(argv: list[str] | None = None) -> int:
                 f"logged for percentiles, proxy with {args.proxy_workers} worker(s) unless the "
                 "target says otherwise, bench "
                 "rules bench/rules.yaml (pgbench_accounts tenant-scoped, the rest shared); "
-                "all features = isolation + anomaly scoring (monitor, baseline learned "
+                "encryption = pgbench_accounts.filler encrypted (see bench/matrix_setup.py; "
+                "value costs are in the encryption section); all features = isolation + "
+                "encryption + anomaly scoring (monitor, baseline learned "
                 f"from {LEARN_SECONDS} s of each workload and protocol) + audit trail + "
                 "/metrics" + (f"; {anomaly}" if anomaly else "") + ".")
     command = "python -m bench.matrix " + " ".join(sys.argv[1:] if argv is None else argv)

@@ -36,6 +36,8 @@ from proxy.wire.frontend import Bind, Describe
 
 _T, _PD, _NO_DATA, _D = b"T"[0], b"t"[0], b"n"[0], b"D"[0]
 _C, _EMPTY, _SUSPENDED, _ERROR, _Z = b"C"[0], b"I"[0], b"s"[0], b"E"[0], b"Z"[0]
+#: RowDescriptions remembered per session (a session runs few distinct statements).
+_DESCRIPTIONS_KEPT = 64
 #: Backend messages this class looks at; everything else passes by.
 BACKEND_KINDS = frozenset({_T, _PD, _NO_DATA, _D, _C, _EMPTY, _SUSPENDED, _ERROR, _Z})
 
@@ -78,6 +80,8 @@ class ResultDecryptor:
         #: portal -> (statement, result formats) from its Bind, or its described layout.
         self._portals: dict[str, tuple[str, tuple[int, ...]] | Layout | None] = {}
         self._current: Layout | None = None
+        self._descriptions: dict[bytes, tuple[Layout, bytes | None]] = {}
+        self._described_by: ColumnCrypto | None = None
 
     # --- what the client asked -------------------------------------------------
 
@@ -145,17 +149,35 @@ class ResultDecryptor:
                     break
         return None
 
-    def _layout(self, description: RowDescription) -> Layout:
+    def _described(self, body: bytes) -> tuple[Layout, bytes | None]:
+        """A RowDescription's layout and its rewritten form (None: unchanged), remembered
+        by its bytes: a repeated statement's description is the same every time."""
         crypto = self._crypto()
+        if crypto is not self._described_by:
+            self._descriptions.clear()  # the catalog was read again
+            self._described_by = crypto
+        known = self._descriptions.get(body)
+        if known is not None:
+            return known
+        description = RowDescription.decode(FieldReader(body, "RowDescription"))
         attributes = crypto.attributes if crypto is not None else {}
         fields = tuple((i, attributes[(c.table_oid, c.column_number)], c.format_code)
                        for i, c in enumerate(description.columns)
                        if c.table_oid and (c.table_oid, c.column_number) in attributes)
-        return Layout(len(description.columns), fields)
+        layout = Layout(len(description.columns), fields)
+        rewritten = None
+        if fields:
+            columns = list(description.columns)
+            for i, column, _ in fields:
+                columns[i] = _logical(columns[i], column)
+            rewritten = RowDescription(tuple(columns)).encode()
+        if len(self._descriptions) >= _DESCRIPTIONS_KEPT:
+            self._descriptions.clear()
+        self._descriptions[body] = (layout, rewritten)
+        return layout, rewritten
 
     def _row_description(self, head: _Asked | None, body: bytes) -> bytes | None:
-        description = RowDescription.decode(FieldReader(body, "RowDescription"))
-        layout = self._layout(description)
+        layout, rewritten = self._described(body)
         if head is not None and head.kind == "describe":
             self._asked.popleft()
             if head.statement:
@@ -166,12 +188,7 @@ class ResultDecryptor:
                 return b""
         else:
             self._current = layout
-        if not layout.fields:
-            return None
-        columns = list(description.columns)
-        for i, column, _ in layout.fields:
-            columns[i] = _logical(columns[i], column)
-        return RowDescription(tuple(columns)).encode()
+        return rewritten
 
     def _parameter_description(self, head: _Asked | None, body: bytes) -> bytes | None:
         if head is None or head.kind != "describe" or not head.statement:
