@@ -131,6 +131,8 @@ def test_event_values_round_trip_and_lines_stay_lines(tmp_path: Path) -> None:
         ({"x": float("nan")}, ValueError),
         ({"x": float("inf")}, ValueError),
         ({"x": "\ud800"}, ValueError),
+        ({"x": ["ok", "\udfff"]}, ValueError),
+        ({"x": [1, object()]}, TypeError),
     ],
 )
 def test_bad_events_are_rejected_without_touching_the_trail(
@@ -143,6 +145,57 @@ def test_bad_events_are_rejected_without_touching_the_trail(
         writer.write(decision(0))
 
     assert [r["seq"] for r in records(path)] == [1]
+    assert verify([path], KEY).ok
+
+
+class Label(str):
+    """A str subclass (as an enum member would be): written as the plain string."""
+
+
+@pytest.mark.parametrize(
+    ("given", "written"),
+    [
+        ({"k": Label("v"), "n": 3}, {"k": "v", "n": 3}),
+        (
+            {"tags": ("x", "y"), "o": {"b": 1, "a": [0.5, None]}},
+            {"tags": ["x", "y"], "o": {"a": [0.5, None], "b": 1}},
+        ),
+        (
+            {"f": 0.1, "big": 10**30, "t": True, "s": ["é", "\u2028"]},
+            {"f": 0.1, "big": 10**30, "t": True, "s": ["é", "\u2028"]},
+        ),
+    ],
+)
+def test_any_event_shape_is_written_as_canonical_json(
+    tmp_path: Path, given: dict[str, object], written: dict[str, object]
+) -> None:
+    """Flat plain events take a fast path, others are cleaned first: same bytes either way."""
+    fast, slow = tmp_path / "fast.log", tmp_path / "slow.log"
+    with AuditWriter(fast, KEY, clock=Clock()) as writer:
+        writer.write(written)
+    with AuditWriter(slow, KEY, clock=Clock()) as writer:
+        writer.write(given)
+
+    assert fast.read_bytes() == slow.read_bytes()
+    record = records(fast)[0]
+    assert record["event"] == written
+    assert lines(fast)[0] == canonical(record) + b"\n"
+    assert record == sign({k: v for k, v in record.items() if k != "mac"})
+
+
+def test_timestamps_follow_the_clock_across_seconds(tmp_path: Path) -> None:
+    path = tmp_path / "audit.log"
+    clock = Clock(start=1_795_658_399.9985, step=0.001)
+    with AuditWriter(path, KEY, clock=clock) as writer:
+        for i in range(4):
+            writer.write(decision(i))
+
+    assert [r["ts"] for r in records(path)] == [
+        "2026-11-26T01:59:59.998Z",
+        "2026-11-26T01:59:59.999Z",
+        "2026-11-26T02:00:00.000Z",
+        "2026-11-26T02:00:00.001Z",
+    ]
     assert verify([path], KEY).ok
 
 

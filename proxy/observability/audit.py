@@ -71,11 +71,14 @@ class AuditError(Exception):
     """The trail cannot be extended safely (broken tail, closed or failed writer)."""
 
 
+_ENCODER = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+)
+
+
 def canonical_json(obj: object) -> str:
     """The one serialization the mac covers, so a record has exactly one valid spelling."""
-    return json.dumps(
-        obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-    )
+    return _ENCODER.encode(obj)
 
 
 def _mac(key: bytes, body: Mapping[str, object]) -> str:
@@ -156,6 +159,38 @@ def _clean_event(event: Mapping[str, object]) -> dict[str, object]:
             raise ValueError(f"audit event key {key!r} is reserved (keys starting with '_')")
         out[_check_text(key, key)] = _clean_value(value, key)
     return out
+
+
+_PLAIN = frozenset({str, int, bool, type(None)})
+
+
+def _event_bytes(event: Mapping[str, object]) -> bytes:
+    """Canonical UTF-8 JSON of a valid event.
+
+    Events the proxy builds (a flat dict of plain str/int/bool/None, finite
+    floats and lists of str) are serialized as they are; anything else, and any
+    event the encoder rejects, goes through ``_clean_event`` for its checks and
+    precise errors. Both paths give the same bytes for the same valid event.
+    """
+    if type(event) is dict:
+        for key, value in event.items():
+            kind = type(value)
+            if not (
+                type(key) is str
+                and key[:1] != "_"
+                and (
+                    kind in _PLAIN
+                    or (kind is float and math.isfinite(value))  # type: ignore[arg-type]
+                    or (kind is list and all(type(i) is str for i in value))  # type: ignore[attr-defined]
+                )
+            ):
+                break
+        else:
+            try:
+                return _ENCODER.encode(event).encode("utf-8")
+            except UnicodeEncodeError:
+                pass  # a lone surrogate: _clean_event names where
+    return _ENCODER.encode(_clean_event(event)).encode("utf-8")
 
 
 # --- reading records ----------------------------------------------------------------
@@ -345,6 +380,8 @@ class AuditWriter:
         self._seq = last.seq if last else 0
         self._prev = last.mac if last else ZERO_MAC
         self._last_ms = last.ts_ms if last else None
+        self._ts_second: int | None = None
+        self._ts_prefix = ""
         self._fd: int | None = self._open()
         self._size = os.fstat(self._fd).st_size
 
@@ -359,7 +396,7 @@ class AuditWriter:
         TypeError for values JSON cannot carry; ValueError for reserved keys
         ("_" prefix), NaN/infinity and lone surrogates. Nothing is written then.
         """
-        clean = _clean_event(event)
+        event_json = _event_bytes(event)
         with self._lock:
             if self._fd is None:
                 raise AuditError(f"{self._path}: audit writer is closed")
@@ -369,13 +406,27 @@ class AuditWriter:
             if self._last_ms is not None and ms < self._last_ms:
                 ms = self._last_ms  # a clock stepped back must not break "ts non-decreasing"
             seq = self._seq + 1
-            body = {"seq": seq, "ts": _format_ts(ms), "prev": self._prev, "event": clean}
-            mac = _mac(self._key, body)
-            line = (canonical_json({**body, "mac": mac}) + "\n").encode("utf-8")
+            # canonical_json of the record, spelled out: keys in sorted order, and prev,
+            # seq and ts need no escaping (hex, digits, the fixed ts format).
+            tail = b'","prev":"%s","seq":%d,"ts":"%s"}' % (
+                self._prev.encode(),
+                seq,
+                self._ts(ms).encode(),
+            )
+            mac = hmac.digest(self._key, b'{"event":' + event_json + tail[1:], "sha256").hex()
+            line = b'{"event":' + event_json + b',"mac":"' + mac.encode() + tail + b"\n"
             if self._size and self._size + len(line) > self._max_bytes:
                 self._rotate()
             self._append(line)
             self._seq, self._prev, self._last_ms = seq, mac, ms
+
+    def _ts(self, ms: int) -> str:
+        """``_format_ts(ms)``, formatting the date and time once per second."""
+        second, milli = divmod(ms, 1000)
+        if second != self._ts_second:
+            self._ts_second = second
+            self._ts_prefix = _format_ts(second * 1000)[:-4]
+        return f"{self._ts_prefix}{milli:03d}Z"
 
     def _append(self, line: bytes) -> None:
         assert self._fd is not None
