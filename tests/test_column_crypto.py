@@ -157,7 +157,7 @@ def test_result_rows_follow_the_requests_that_asked_for_them() -> None:
     results.bind(Bind("", "s1", (), (), (0,)))
     results.execute("")
     results.sync()
-    bad = (ssn or b"")[:-1] + b"\0"
+    bad = (ssn or b"")[:-1] + bytes([(ssn or b"")[-1] ^ 1])
     error = results.backend(b"D"[0], DataRow((b"1", b"\\x" + bad.hex().encode(), None)
                                              ).encode()[5:])
     assert error is not None and error.startswith(b"E") and b"XX001" in error

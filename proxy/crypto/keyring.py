@@ -44,6 +44,9 @@ class KeyRing(Protocol):
     def live(self, tenant: str) -> list[DataKey]:
         """Every readable version, newest first (empty if none)."""
 
+    async def prefetch(self, tenant: str) -> bool:
+        """Make ``current`` answer from memory without blocking (at login)."""
+
 
 class MemoryKeyRing:
     """Keys held only in memory: unit tests and ``explain``."""
@@ -70,6 +73,10 @@ class MemoryKeyRing:
 
     def live(self, tenant: str) -> list[DataKey]:
         return list(reversed(self._keys.get(tenant, ())))
+
+    async def prefetch(self, tenant: str) -> bool:
+        self.current(tenant)
+        return True
 
 
 @dataclass(frozen=True)

@@ -211,6 +211,7 @@ class Session:
         await self._authenticate(stream)
         self.hook, upstream_params = self.state.hook_factory(self.user,
                                                              forwarded_startup(params))
+        await self.hook.warm()
         up = settings.upstream
         upstream_params["user"] = up.role_for(self.user)
         upstream_params["database"] = up.database or params.get("database") or self.user

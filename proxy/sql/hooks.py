@@ -28,6 +28,9 @@ class StatementHook(Protocol):
     #: Rewrites result messages for encrypted columns; None lets them pass untouched.
     results: ResultDecryptor | None
 
+    async def warm(self) -> None:
+        """Once, after login: load what the first statements will need (tenant keys)."""
+
     def query(self, sql: str) -> str | None:
         """A simple-protocol Query (possibly several statements)."""
 
@@ -81,6 +84,9 @@ class PassThrough:
     scoped = False
     rfq_due = 0
     results: ResultDecryptor | None = None
+
+    async def warm(self) -> None:
+        return None
 
     def query(self, sql: str) -> str | None:
         return None

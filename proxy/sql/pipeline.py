@@ -226,6 +226,13 @@ class TenantSession:
 
     # --- StatementHook ------------------------------------------------------------
 
+    async def warm(self) -> None:
+        """The session's tenant key, loaded before its first statement: a first use
+        while serving would wait for the key store on the event loop."""
+        crypto, tenant = self.engine.crypto, self.current
+        if crypto is not None and tenant is not None:
+            await crypto.keyring.prefetch(tenant)
+
     def query(self, sql: str) -> str | None:
         start = time.perf_counter()
         plan: Plan | None = None
