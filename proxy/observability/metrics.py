@@ -7,12 +7,104 @@ vocabulary of codes, never message text.
 
 from __future__ import annotations
 
+import bisect
+import math
 import threading
+import time
+from collections.abc import Iterator, Sequence
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client.metrics_core import Metric
+from prometheus_client.utils import floatToGoString
 
 _LATENCY_BUCKETS = (0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025,
                     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class _Series:
+    """One labelled counter series."""
+
+    __slots__ = ("created", "value")
+
+    def __init__(self) -> None:
+        self.value = 0.0
+        self.created = time.time()
+
+    def inc(self, amount: float = 1.0) -> None:
+        if amount < 0:
+            raise ValueError("counters can only be incremented by non-negative amounts")
+        self.value += amount
+
+
+class FastCounter:
+    """A labelled counter for the statement path: a float add per increment.
+
+    prometheus_client's counters take a lock per increment, several times per
+    statement. These are only written from the worker's event-loop thread; the
+    /metrics thread reads them, which the GIL keeps safe. Exposed exactly as a
+    prometheus_client Counter (``_total`` and ``_created`` samples).
+    """
+
+    def __init__(self, name: str, documentation: str, labelnames: Sequence[str],
+                 registry: CollectorRegistry) -> None:
+        self._name, self._doc, self._labelnames = name, documentation, tuple(labelnames)
+        self._series: dict[tuple[str, ...], _Series] = {}
+        registry.register(self)
+
+    def labels(self, *values: str) -> _Series:
+        if len(values) != len(self._labelnames):
+            raise ValueError(f"{self._name} takes labels {self._labelnames}")
+        key = tuple(str(v) for v in values)
+        series = self._series.get(key)
+        if series is None:
+            series = self._series[key] = _Series()
+        return series
+
+    def describe(self) -> Iterator[Metric]:
+        yield Metric(self._name, self._doc, "counter")
+
+    def collect(self) -> Iterator[Metric]:
+        metric = Metric(self._name, self._doc, "counter")
+        for key, series in list(self._series.items()):
+            labels = dict(zip(self._labelnames, key, strict=True))
+            metric.add_sample(self._name + "_total", labels, series.value)
+            metric.add_sample(self._name + "_created", labels, series.created)
+        yield metric
+
+
+class FastHistogram:
+    """An unlabelled histogram for the statement path: a bisect and two adds per
+    observation (see FastCounter). ``_count`` is the +Inf bucket, so the buckets
+    and the count always agree; a scrape racing an observation may see ``_sum``
+    without it. Exposed exactly as a prometheus_client Histogram."""
+
+    def __init__(self, name: str, documentation: str, buckets: Sequence[float],
+                 registry: CollectorRegistry) -> None:
+        self._name, self._doc = name, documentation
+        self._bounds = tuple(float(b) for b in buckets if b != math.inf)
+        self._counts = [0] * (len(self._bounds) + 1)
+        self._sum = 0.0
+        self._created = time.time()
+        registry.register(self)
+
+    def observe(self, value: float) -> None:
+        self._counts[bisect.bisect_left(self._bounds, value)] += 1
+        self._sum += value
+
+    def describe(self) -> Iterator[Metric]:
+        yield Metric(self._name, self._doc, "histogram")
+
+    def collect(self) -> Iterator[Metric]:
+        metric = Metric(self._name, self._doc, "histogram")
+        counts, total = list(self._counts), self._sum
+        cumulative = 0.0
+        for bound, count in zip((*self._bounds, math.inf), counts, strict=True):
+            cumulative += count
+            metric.add_sample(self._name + "_bucket", {"le": floatToGoString(bound)}, cumulative)
+        metric.add_sample(self._name + "_count", {}, cumulative)
+        metric.add_sample(self._name + "_sum", {}, total)
+        metric.add_sample(self._name + "_created", {}, self._created)
+        yield metric
 
 
 class Metrics:
@@ -23,24 +115,24 @@ class Metrics:
         self._tenants: set[str] = set()
         self._lock = threading.Lock()
         r = self.registry
-        self.statements = Counter(
+        self.statements = FastCounter(
             "tenant_proxy_statements", "Statements by kind, tenant, role and outcome "
             "(forwarded, rewritten, refused, flagged).",
-            ["kind", "tenant", "role", "outcome"], registry=r)
-        self.refusals = Counter("tenant_proxy_refusals", "Refused statements by reason code.",
-                                ["reason"], registry=r)
-        self.plan_seconds = Histogram(
+            ["kind", "tenant", "role", "outcome"], r)
+        self.refusals = FastCounter("tenant_proxy_refusals", "Refused statements by reason code.",
+                                    ["reason"], r)
+        self.plan_seconds = FastHistogram(
             "tenant_proxy_plan_seconds", "Time to plan a statement on a plan-cache miss "
-            "(parse, policy, rewrite).", buckets=_LATENCY_BUCKETS, registry=r)
-        self.pipeline_seconds = Histogram(
+            "(parse, policy, rewrite).", _LATENCY_BUCKETS, r)
+        self.pipeline_seconds = FastHistogram(
             "tenant_proxy_pipeline_seconds", "Time the SQL pipeline spent on a statement, "
-            "cache hits and misses alike.", buckets=_LATENCY_BUCKETS, registry=r)
-        self.statement_seconds = Histogram(
+            "cache hits and misses alike.", _LATENCY_BUCKETS, r)
+        self.statement_seconds = FastHistogram(
             "tenant_proxy_statement_seconds", "End-to-end time from forwarding a Query or "
-            "Sync to the server's ReadyForQuery.", buckets=_LATENCY_BUCKETS, registry=r)
-        self.cache_lookups = Counter("tenant_proxy_plan_cache_lookups",
-                                     "Plan-cache lookups by result (hit, miss).", ["result"],
-                                     registry=r)
+            "Sync to the server's ReadyForQuery.", _LATENCY_BUCKETS, r)
+        self.cache_lookups = FastCounter("tenant_proxy_plan_cache_lookups",
+                                         "Plan-cache lookups by result (hit, miss).",
+                                         ["result"], r)
         self.cache_evictions = Counter("tenant_proxy_plan_cache_evictions",
                                        "Plans evicted from the full cache.", registry=r)
         self.cache_entries = Gauge("tenant_proxy_plan_cache_entries",
@@ -50,16 +142,15 @@ class Metrics:
         self.upstream_connections = Gauge("tenant_proxy_upstream_connections",
                                           "Open upstream (PostgreSQL) connections.",
                                           registry=r)
-        self.bytes = Counter("tenant_proxy_bytes", "Bytes relayed, by direction "
-                             "(client_to_server, server_to_client).", ["direction"],
-                             registry=r)
+        self.bytes = FastCounter("tenant_proxy_bytes", "Bytes relayed, by direction "
+                                 "(client_to_server, server_to_client).", ["direction"], r)
         self.upstream_errors = Counter("tenant_proxy_upstream_errors",
                                        "Upstream failures by SQLSTATE (connect, startup, "
                                        "lost connections).", ["sqlstate"], registry=r)
-        self.anomaly_score = Histogram("tenant_proxy_anomaly_score",
-                                       "Anomaly scores of statements.",
-                                       buckets=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9,
-                                                0.95, 0.99, 1.0), registry=r)
+        self.anomaly_score = FastHistogram("tenant_proxy_anomaly_score",
+                                           "Anomaly scores of statements.",
+                                           (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9,
+                                            0.95, 0.99, 1.0), r)
         self.rules_info = Gauge("tenant_proxy_rules_version_info",
                                 "Version (content hash) of the rules in force.", ["version"],
                                 registry=r)
