@@ -21,6 +21,8 @@ from pathlib import Path
 import asyncpg
 import psycopg
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from sqlalchemy import Date, Integer, LargeBinary, Numeric, String, create_engine, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
@@ -532,3 +534,58 @@ def test_check_reports_encrypted_columns(enc: RunningProxy, db: Database, rules_
     assert "encryption.columns.public.contacts.missing: no such column" in result.stdout
     assert "encryption.columns.public.patients.name: is text; encrypted columns are bytea" \
         in result.stdout
+
+
+POOL = ["a@x", "b@x", "c@x", "d@x", "", "ü@x"]
+
+
+@pytest.fixture(scope="module")
+def mirrored(enc: RunningProxy, db: Database) -> dict[int, str | None]:
+    """Rows of tenant 9 with a deterministic email, and the same emails in plaintext
+    in a table the proxy never sees, keyed by the same ids."""
+    admin_run(db, "CREATE TABLE IF NOT EXISTS plain_mirror (id int PRIMARY KEY, email text)")
+    admin_run(db, "TRUNCATE plain_mirror")
+    emails: dict[int, str | None] = {}
+    with psycopg.connect(dsn(enc), autocommit=True) as conn:
+        conn.execute(f"SET tenant_proxy.tenant = '{token(9)}'")
+        for n in range(40):
+            email = None if n % 7 == 0 else f"{n}-{POOL[n % len(POOL)]}" if n % 3 == 0 \
+                else POOL[n % len(POOL)]
+            row_id = conn.execute("INSERT INTO contacts (email) VALUES (%s) RETURNING id",
+                                  [email]).fetchone()[0]
+            emails[row_id] = email
+    for row_id, email in emails.items():
+        admin_run(db, "INSERT INTO plain_mirror VALUES ($1, $2)", row_id, email)
+    return emails
+
+
+SEARCHES = st.tuples(
+    st.sampled_from(["=", "<>", "IN", "NOT IN"]),
+    st.lists(st.one_of(st.none(), st.sampled_from([*POOL, "3-d@x", "zz"])), min_size=1,
+             max_size=3),
+    st.booleans())
+
+
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(search=SEARCHES)
+def test_searches_equal_plaintext_results(enc: RunningProxy, db: Database,
+                                          mirrored: dict[int, str | None],
+                                          search: tuple[str, list[str | None], bool]) -> None:
+    """= / <> / IN / NOT IN on a deterministic column, with literals or parameters and
+    NULLs among them, select exactly the rows the same predicate selects on plaintext."""
+    op, values, literal = search
+    if op in ("=", "<>"):
+        values = values[:1]
+        predicate = f"email {op} %s"
+    else:
+        predicate = f"email {op} ({', '.join(['%s'] * len(values))})"
+    expected = {r[0] for r in admin_run(
+        db, "SELECT id FROM plain_mirror WHERE " + predicate.replace("%s", "{}").format(
+            *[f"${i + 1}" for i in range(len(values))]), *values)}
+    with psycopg.connect(dsn(enc), autocommit=True) as conn:
+        conn.execute(f"SET tenant_proxy.tenant = '{token(9)}'")
+        cur = psycopg.ClientCursor(conn) if literal else conn.cursor()
+        got = {r[0] for r in cur.execute(f"SELECT id FROM contacts WHERE {predicate}",
+                                         values).fetchall()}
+    assert got == expected, (predicate, values)
