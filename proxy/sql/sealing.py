@@ -132,6 +132,12 @@ class _Sealer:
                                       hint="Qualify it with its table name or alias.",
                                       reason="encrypted_column")
                 return found[0]
+        if table is None:
+            for scope in reversed(scopes):
+                columns = scope.sources.get(name)
+                if columns:  # a whole-row reference: its fields cannot be decrypted
+                    raise _refuse(next(iter(columns.values())),
+                                  f'the whole-row reference "{name}"')
         return None
 
     def encrypted(self, node: exp.Expression, scopes: list[_Scope]) -> EncryptedColumn | None:
