@@ -339,6 +339,8 @@ class TenantSession:
             self._describe = None  # same text, same columns: its layout is known
             prepared = self.statements[name]
             injected = [Close("S", name), again or prepared.parse]  # type: ignore[list-item]
+        if not prepared.sealed and not prepared.params:
+            return injected  # nothing in the values to check: no need to decode them
         message = Bind.decode(FieldReader(body, "Bind"))
         if prepared.sealed:
             message = self._seal_bind(message, prepared)
@@ -383,8 +385,10 @@ class TenantSession:
 
     def ready(self, status: bytes, number: int) -> None:
         if status == b"I":
-            self.portals.clear()
-            self.cursors = {k: v for k, v in self.cursors.items() if v[1]}
+            if self.portals:
+                self.portals.clear()
+            if self.cursors:
+                self.cursors = {k: v for k, v in self.cursors.items() if v[1]}
             if self.local_until is not None and number >= self.local_until:
                 self.local_until = self.local_tenant = None
 

@@ -35,24 +35,46 @@ class Frames:
 class MessageFramer:
     """Typed messages: one type byte, an int32 length including itself, the body."""
 
-    __slots__ = ("_buf", "_max", "_peer")
+    __slots__ = ("_buf", "_fresh", "_max", "_peer")
 
     def __init__(self, max_message_size: int, peer: str) -> None:
         self._buf = bytearray()
+        #: Bytes fed while nothing was buffered, framed in place: most reads hold
+        #: whole messages, and then nothing is copied.
+        self._fresh: bytes | None = None
         self._max = max_message_size
         self._peer = peer
 
     @property
     def buffered(self) -> int:
-        return len(self._buf)
+        return len(self._buf) + (len(self._fresh) if self._fresh is not None else 0)
 
     def feed(self, data: bytes) -> None:
         """Append received bytes."""
-        self._buf += data
+        if self._fresh is not None:
+            self._buf += self._fresh
+            self._fresh = None
+        if self._buf:
+            self._buf += data
+        else:
+            self._fresh = bytes(data)
 
     def take(self) -> Frames | None:
         """All complete frames buffered so far, or None if there is none yet."""
-        buf = self._buf
+        fresh = self._fresh
+        if fresh is not None:
+            self._fresh = None
+            frames = self._frames(fresh)
+            end = frames.spans[-1][2] if frames is not None else 0
+            if end < len(fresh):
+                self._buf += fresh[end:]
+            return frames
+        frames = self._frames(self._buf)
+        if frames is not None:
+            del self._buf[:len(frames.data)]
+        return frames
+
+    def _frames(self, buf: bytes | bytearray) -> Frames | None:
         n = len(buf)
         pos = 0
         spans: list[tuple[int, int, int]] = []
@@ -74,12 +96,12 @@ class MessageFramer:
             pos = end
         if not spans:
             return None
-        data = bytes(buf[:pos])
-        del buf[:pos]
-        return Frames(data, spans)
+        return Frames(buf if pos == n and isinstance(buf, bytes) else bytes(buf[:pos]), spans)
 
     def rest(self) -> bytes:
         """Bytes buffered after the last complete frame (handed to another reader)."""
+        if self._fresh is not None:
+            self.feed(b"")
         out = bytes(self._buf)
         self._buf.clear()
         return out
