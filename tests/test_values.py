@@ -10,6 +10,7 @@ implementation of the binary formats.
 
 from __future__ import annotations
 
+import decimal
 import json
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, date, datetime, timedelta, timezone
@@ -459,7 +460,9 @@ def test_binary_round_trip(type_name: str, data: st.DataObject) -> None:
             assert loaded == value
         if isinstance(value, Decimal) and value.is_finite():
             if canonical:  # the display scale of the value itself, 0 for zero
-                scale = value.normalize().as_tuple().exponent if value else 0
+                # (normalize() rounds to the context's precision: give it all digits)
+                exact = decimal.Context(prec=len(value.as_tuple().digits) + 1)
+                scale = value.normalize(exact).as_tuple().exponent if value else 0
             else:
                 scale = value.as_tuple().exponent
             assert loaded.as_tuple().exponent == min(0, int(scale))
