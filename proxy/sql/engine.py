@@ -34,7 +34,6 @@ from proxy.sql.statements import (
     check_node_types,
     check_pg_class,
     range_vars,
-    relation_refs,
     split,
 )
 
@@ -78,7 +77,7 @@ def _reads_scoped_table(stmt: Statement, rules: Rules) -> bool:
     go out exactly as written, without sqlglot."""
     if stmt.kind != "SelectStmt":
         return True
-    for ref, is_cte in relation_refs(stmt.node):
+    for ref, is_cte in stmt.refs:
         if is_cte:
             continue
         if ref.catalogname:
@@ -96,14 +95,14 @@ def plan_data(stmt: Statement, rules: Rules) -> _Data:
     if isinstance(stmt.node, ast.SelectStmt) and stmt.node.intoClause is not None:
         raise Refused("SELECT INTO creates a table; DDL is not allowed",
                       hint="Use INSERT INTO ... SELECT into an existing table.")
-    check_node_types(stmt.node)
-    check_functions(stmt.node, rules)
+    check_node_types(stmt.nodes)
+    check_functions(stmt.nodes, rules)
     if any(r.relname == "pg_class" and r.schemaname in (None, "pg_catalog")
-           for r, is_cte in relation_refs(stmt.node) if not is_cte):
-        check_pg_class(stmt.node)
+           for r, is_cte in stmt.refs if not is_cte):
+        check_pg_class(stmt.nodes)
     if not _reads_scoped_table(stmt, rules):
         relations = [f"{r.schemaname or 'public'}.{r.relname}"
-                     for r, is_cte in relation_refs(stmt.node) if not is_cte]
+                     for r, is_cte in stmt.refs if not is_cte]
         return _Data(stmt.text, False, False, set(), [], relations)
     if any(token.name == "UIDENT" for token in pglast.parser.scan(stmt.text)):
         raise Unsupported('Unicode-escaped identifiers (U&"...") in statements on '
@@ -122,7 +121,7 @@ def plan_data(stmt: Statement, rules: Rules) -> _Data:
     tree = trees[0]
     sealing = seal_statement(tree, rules)
     result = scope_statement(tree, rules)
-    if result.references != range_vars(stmt.node):
+    if result.references != range_vars(stmt.nodes):
         raise Unsupported("tenant-proxy cannot analyze this statement",
                           detail="its parsers disagree on the relations it references")
     changed = result.needs_tenant

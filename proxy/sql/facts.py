@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from pglast import ast, enums
 
-from proxy.sql.statements import Statement, function_name, walk
+from proxy.sql.statements import Statement, function_name
 
 #: Parse-tree statement node -> the kind used in metrics, audit and anomaly features.
 STATEMENT_KINDS = {"SelectStmt": "select", "InsertStmt": "insert", "UpdateStmt": "update",
@@ -55,7 +55,7 @@ def statement_facts(statements: list[Statement]) -> StatementFacts:
     relations: list[str] = []
     tautology = union = time_function = False
     for stmt in statements:
-        for node in walk(stmt.node):
+        for node in stmt.nodes:
             if isinstance(node, ast.RangeVar):
                 schema = node.schemaname or ("pg_catalog" if node.relname.startswith("pg_")
                                              else "public")

@@ -10,8 +10,9 @@ sqlglot only to rewrite the data statements it has confirmed.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 import pglast
 from pglast import ast
@@ -31,11 +32,21 @@ class SyntaxErr(PgError):
 DATA_STATEMENTS = ("SelectStmt", "InsertStmt", "UpdateStmt", "DeleteStmt")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Statement:
     kind: str
     text: str
     node: ast.Node
+
+    @cached_property
+    def nodes(self) -> list[ast.Node]:
+        """Every node of the statement, walked once for all the checks."""
+        return walk(self.node)
+
+    @cached_property
+    def refs(self) -> list[tuple[ast.RangeVar, bool]]:
+        """``relation_refs`` of the statement, computed once."""
+        return list(relation_refs(self.node))
 
 
 def split(sql: str) -> list[Statement]:
@@ -65,22 +76,27 @@ String SubLink TypeCast TypeName UpdateStmt WindowDef WithClause
 """.split())
 
 
-def check_node_types(node: ast.Node) -> None:
-    for n in walk(node):
+def check_node_types(nodes: Sequence[ast.Node]) -> None:
+    for n in nodes:
         name = type(n).__name__
         if name not in ALLOWED_NODES:
             raise Unsupported(f"{name} syntax is not supported by tenant-proxy",
                               hint="Statements the proxy cannot prove safe are refused.")
 
 
-def walk(node: object) -> Iterator[ast.Node]:
-    if isinstance(node, ast.Node):
-        yield node
-        for name in node:
-            yield from walk(getattr(node, name))
-    elif isinstance(node, tuple):
-        for item in node:
-            yield from walk(item)
+def walk(root: object) -> list[ast.Node]:
+    """Every node under ``root``, parents before children, in source order."""
+    out: list[ast.Node] = []
+    stack = [root]
+    node_type = ast.Node
+    while stack:
+        node = stack.pop()
+        if isinstance(node, node_type):
+            out.append(node)
+            stack.extend(reversed([getattr(node, name) for name in node]))
+        elif isinstance(node, tuple):
+            stack.extend(reversed(node))
+    return out
 
 
 def relation_refs(node: object, ctes: frozenset[str] = frozenset()
@@ -112,9 +128,9 @@ def relation_refs(node: object, ctes: frozenset[str] = frozenset()
             yield from relation_refs(getattr(node, name), ctes)
 
 
-def range_vars(node: ast.Node) -> Counter[tuple[str | None, str]]:
+def range_vars(nodes: Sequence[ast.Node]) -> Counter[tuple[str | None, str]]:
     """Every relation-shaped name (tables, views, CTE references) in a statement."""
-    return Counter((n.schemaname, n.relname) for n in walk(node) if isinstance(n, ast.RangeVar))
+    return Counter((n.schemaname, n.relname) for n in nodes if isinstance(n, ast.RangeVar))
 
 
 #: pg_class columns that count or locate every tenant's rows.
@@ -122,9 +138,9 @@ SENSITIVE_PG_CLASS = frozenset({"reltuples", "relpages", "relallvisible", "relfr
                                 "relminmxid", "relfilenode"})
 
 
-def check_pg_class(node: ast.Node) -> None:
+def check_pg_class(nodes: Sequence[ast.Node]) -> None:
     """pg_class is readable for introspection, but not its size statistics."""
-    for n in walk(node):
+    for n in nodes:
         if isinstance(n, ast.ColumnRef):
             for field in n.fields:
                 if isinstance(field, ast.String) and field.sval in SENSITIVE_PG_CLASS:
@@ -140,9 +156,9 @@ def function_name(call: ast.FuncCall) -> tuple[str | None, str]:
     return (parts[0] if len(parts) > 1 else None), parts[-1]
 
 
-def check_functions(node: ast.Node, rules: Rules) -> None:
+def check_functions(nodes: Sequence[ast.Node], rules: Rules) -> None:
     """Refuse any function call that is not known to be safe (I3)."""
-    for n in walk(node):
+    for n in nodes:
         if not isinstance(n, ast.FuncCall):
             continue
         schema, name = function_name(n)
