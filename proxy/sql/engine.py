@@ -126,7 +126,7 @@ def plan_data(stmt: Statement, rules: Rules) -> _Data:
                           detail="its parsers disagree on the relations it references")
     changed = result.needs_tenant
     try:
-        text = tree.sql(dialect="postgres") if changed else stmt.text
+        text = tree.sql(dialect="postgres", copy=False) if changed else stmt.text
     except (SqlglotError, ValueError) as exc:
         raise Unsupported("tenant-proxy cannot rewrite this statement",
                           detail=str(exc).splitlines()[0][:200]) from exc
