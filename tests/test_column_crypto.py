@@ -146,7 +146,7 @@ def test_result_rows_follow_the_requests_that_asked_for_them() -> None:
     rewritten = RowDescription.decode(body(results.backend(b"T"[0], description())))
     assert [c.type_oid for c in rewritten.columns] == [23, 25, 23]
     # Bind with binary results, Execute: rows decrypted into binary integers and text.
-    results.bind(Bind("", "s1", (), (), (1,)))
+    results.bind(Bind("", "s1", (), (), (1,)).encode()[5:])
     results.execute("")
     results.sync()
     row = results.backend(b"D"[0], DataRow((b"\0\0\0\1", ssn, age)).encode()[5:])
@@ -154,7 +154,7 @@ def test_result_rows_follow_the_requests_that_asked_for_them() -> None:
     assert results.backend(b"C"[0], CommandComplete("SELECT 1").encode()[5:]) is None
     assert results.backend(b"Z"[0], b"I") is None
     # A value that does not open: an error instead of the row, then silence until done.
-    results.bind(Bind("", "s1", (), (), (0,)))
+    results.bind(Bind("", "s1", (), (), (0,)).encode()[5:])
     results.execute("")
     results.sync()
     bad = (ssn or b"")[:-1] + bytes([(ssn or b"")[-1] ^ 1])

@@ -17,6 +17,7 @@ GROUP BY and equi-joins work on the stored bytes.
 
 from __future__ import annotations
 
+import functools
 import os
 import struct
 from dataclasses import dataclass, field
@@ -77,6 +78,7 @@ class DataKey:
         return cls(tenant, version, os.urandom(32))
 
 
+@functools.lru_cache(maxsize=4096)
 def _associated(header: bytes, tenant: str, domain: str) -> bytes:
     parts = [header]
     for text in (tenant, domain):

@@ -16,26 +16,28 @@ Rows whose columns include no encrypted one pass through untouched.
 
 from __future__ import annotations
 
+import struct
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 
 from proxy.crypto import values
 from proxy.crypto.columns import ColumnCrypto
-from proxy.errors import PgError
+from proxy.errors import PgError, ProtocolViolation
 from proxy.policy.rules import EncryptedColumn
 from proxy.wire.backend import (
     ColumnDescription,
-    DataRow,
     ErrorResponse,
     ParameterDescription,
     RowDescription,
 )
-from proxy.wire.fields import FieldReader
-from proxy.wire.frontend import Bind, Describe
+from proxy.wire.fields import FieldReader, decode_text
+from proxy.wire.frontend import Describe
 
 _T, _PD, _NO_DATA, _D = b"T"[0], b"t"[0], b"n"[0], b"D"[0]
 _C, _EMPTY, _SUSPENDED, _ERROR, _Z = b"C"[0], b"I"[0], b"s"[0], b"E"[0], b"Z"[0]
+_INT16, _INT32 = struct.Struct("!h"), struct.Struct("!i")
+_NULL = _INT32.pack(-1)
 #: RowDescriptions remembered per session (a session runs few distinct statements).
 _DESCRIPTIONS_KEPT = 64
 #: Backend messages this class looks at; everything else passes by.
@@ -77,10 +79,13 @@ class ResultDecryptor:
         self.timezone = "UTC"
         self._asked: deque[_Asked] = deque()
         self._statements: dict[str, Layout | None] = {}
-        #: portal -> (statement, result formats) from its Bind, or its described layout.
-        self._portals: dict[str, tuple[str, tuple[int, ...]] | Layout | None] = {}
+        #: portal -> (statement, its Bind's body, where the formats start there), or
+        #: its described layout.
+        self._portals: dict[str, tuple[str, bytes, int] | Layout | None] = {}
         self._current: Layout | None = None
         self._descriptions: dict[bytes, tuple[Layout, bytes | None]] = {}
+        #: (statement, result formats) -> (its layout, that layout under those formats).
+        self._formatted: dict[tuple[str, tuple[int, ...]], tuple[Layout, Layout]] = {}
         self._described_by: ColumnCrypto | None = None
 
     # --- what the client asked -------------------------------------------------
@@ -94,8 +99,13 @@ class ResultDecryptor:
         message = Describe.decode(FieldReader(body, "Describe"))
         self._asked.append(_Asked("describe", message.name, message.kind == "S"))
 
-    def bind(self, message: Bind) -> None:
-        self._portals[message.portal] = (message.statement, message.result_formats)
+    def bind(self, body: bytes) -> None:
+        """A Bind going upstream. Its result formats are read only if a row needs them
+        (most statements have no encrypted output), so only the names are decoded now."""
+        portal_end = body.index(b"\0")
+        statement_end = body.index(b"\0", portal_end + 1)
+        self._portals[decode_text(body[:portal_end])] = (
+            decode_text(body[portal_end + 1:statement_end]), body, statement_end + 1)
 
     def execute(self, portal: str) -> None:
         self._asked.append(_Asked("execute", portal))
@@ -214,7 +224,7 @@ class ResultDecryptor:
         if layout is None or not layout.fields:
             return None
         tenant, crypto = self._tenant(), self._crypto()
-        row = list(DataRow.decode(FieldReader(body, "DataRow")).values)
+        row = _row_values(body)
         try:
             if tenant is None or crypto is None:
                 raise PgError("encrypted values cannot be read in this session now",
@@ -227,19 +237,68 @@ class ResultDecryptor:
             if head is not None:
                 head.failed = True
             return ErrorResponse(exc.fields()).encode()
-        return DataRow(tuple(row)).encode()
+        return _data_row(row)
 
     def _portal_layout(self, portal: str) -> Layout | None:
         entry = self._portals.get(portal)
         if entry is None or isinstance(entry, Layout):
             return entry
-        statement, formats = entry
+        statement, body, offset = entry
         layout = self._statements.get(statement)
-        if layout is None:
+        if layout is None or not layout.fields:
             return None
-        layout = layout.formatted(formats)
-        self._portals[portal] = layout
-        return layout
+        formats = _result_formats(body, offset)
+        key = (statement, formats)
+        formatted = self._formatted.get(key)
+        if formatted is None or formatted[0] is not layout:
+            formatted = self._formatted[key] = (layout, layout.formatted(formats))
+        self._portals[portal] = formatted[1]
+        return formatted[1]
+
+
+def _row_values(body: bytes) -> list[bytes | None]:
+    """A DataRow's values (the server's own message: its framing is trusted)."""
+    values: list[bytes | None] = []
+    try:
+        (count,) = _INT16.unpack_from(body, 0)
+        pos = 2
+        for _ in range(count):
+            (length,) = _INT32.unpack_from(body, pos)
+            pos += 4
+            if length < 0:
+                values.append(None)
+            else:
+                values.append(body[pos:pos + length])
+                pos += length
+    except struct.error:
+        pos = -1
+    if pos != len(body):
+        raise ProtocolViolation("malformed DataRow from the server")
+    return values
+
+
+def _data_row(values: list[bytes | None]) -> bytes:
+    parts = [_INT16.pack(len(values))]
+    for value in values:
+        if value is None:
+            parts.append(_NULL)
+        else:
+            parts += [_INT32.pack(len(value)), value]
+    body = b"".join(parts)
+    return b"D" + _INT32.pack(len(body) + 4) + body
+
+
+def _result_formats(body: bytes, pos: int) -> tuple[int, ...]:
+    """The result format codes of a Bind body, parameters skipped."""
+    (count,) = _INT16.unpack_from(body, pos)
+    pos += 2 + 2 * count
+    (count,) = _INT16.unpack_from(body, pos)
+    pos += 2
+    for _ in range(count):
+        (length,) = _INT32.unpack_from(body, pos)
+        pos += 4 + max(length, 0)
+    (count,) = _INT16.unpack_from(body, pos)
+    return struct.unpack_from(f"!{count}h", body, pos + 2)
 
 
 def _logical(description: ColumnDescription, column: EncryptedColumn) -> ColumnDescription:

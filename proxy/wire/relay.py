@@ -201,7 +201,7 @@ class Relay:
                 injected = hook.bind(body)
                 bind = injected.pop() if injected and isinstance(injected[-1], Bind) else None
                 if results is not None:
-                    results.bind(bind or Bind.decode(FieldReader(body, "Bind")))
+                    results.bind(body if bind is None else bind.encode()[5:])
                 if injected or bind is not None:
                     return self._inject(injected or []) + (
                         frames.raw(span) if bind is None else bind.encode())
