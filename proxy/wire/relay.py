@@ -199,12 +199,13 @@ class Relay:
         try:
             if kind == _B:
                 injected = hook.bind(body)
-                bind = injected.pop() if injected and isinstance(injected[-1], Bind) else None
+                bind = injected.pop().encode() if injected and isinstance(injected[-1], Bind) \
+                    else None
                 if results is not None:
-                    results.bind(body if bind is None else bind.encode()[5:])
+                    results.bind(body if bind is None else bind[5:])
                 if injected or bind is not None:
                     return self._inject(injected or []) + (
-                        frames.raw(span) if bind is None else bind.encode())
+                        frames.raw(span) if bind is None else bind)
             elif kind == _EXECUTE:
                 hook.execute(body)
                 if results is not None:
