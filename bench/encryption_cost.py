@@ -27,7 +27,7 @@ import psycopg
 import yaml
 
 from bench.matrix_setup import DATABASE, PASSWORD, USER, pgbench_command, wait_port
-from bench.report import replace_sections
+from bench.report import publish
 from proxy.auth.scram import make_verifier
 from proxy.localpg.cluster import LocalCluster, free_port
 
@@ -158,10 +158,7 @@ def main(argv: list[str] | None = None) -> int:
                 sealed = statistics.median(results[(name, protocol, "sealed")])
                 lines.append(f"| {name} | {protocol} | {plain:,.0f} | {sealed:,.0f} | "
                              f"{sealed / plain:.2f}x |")
-        section = "\n".join(lines) + "\n"
-        print(section)
-        if args.write:
-            replace_sections(args.write, [HEADING], section)
+        publish("\n".join(lines) + "\n", args.write, [HEADING])
     finally:
         if proc is not None:
             proc.terminate()

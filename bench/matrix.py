@@ -29,7 +29,7 @@ from bench import soak
 from bench.matrix_measure import SAMPLING_RATE, WORKLOADS, Run, postmaster_pid, run_pgbench
 from bench.matrix_report import render
 from bench.matrix_setup import TARGETS, Target, Targets, pgbench_command, prepare_database
-from bench.report import replace_sections
+from bench.report import publish
 from proxy.config.settings import available_cpus
 from proxy.localpg.cluster import LocalCluster
 
@@ -181,9 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     command = "python -m bench.matrix " + " ".join(sys.argv[1:] if argv is None else argv)
     section = render(results, [t.name for t in chosen], command.strip(), settings,
                      memory(args) if args.memory else None)
-    print(section)
-    if args.write:
-        replace_sections(args.write, ["pgbench"], section)
+    publish(section, args.write, ["pgbench"])
     return 0
 
 

@@ -16,6 +16,14 @@ def emit(lines: list[str], write: str | None) -> None:
             f.write(report)
 
 
+def publish(section: str, write: str | None, headings: Sequence[str]) -> None:
+    """Print ``section``; with ``write``, put it in that file in place of the sections
+    whose headings start with one of ``headings``."""
+    print(section)
+    if write:
+        replace_sections(write, headings, section)
+
+
 def replace_sections(path: str | Path, headings: Sequence[str], section: str) -> None:
     """Write ``section`` (starting with a ``## `` heading) where the first
     ``## `` section whose heading starts with one of ``headings`` was, dropping

@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.report import replace_sections
+from bench.report import publish
 from proxy.policy.rules import parse_rules
 from proxy.sql.pipeline import Engine, open_session
 from proxy.wire.frontend import Parse
@@ -150,10 +150,7 @@ def main() -> int:
         *(f"| {c} | {len(v)} | {statistics.median(v):.0f} | {max(v):.0f} |"
           for c, v in sorted(by_category.items())),
     ]
-    section = "\n".join(lines).lstrip("\n") + "\n"
-    print(section)
-    if args.write:
-        replace_sections(args.write, ["SQL pipeline cost"], section)
+    publish("\n".join(lines).lstrip("\n") + "\n", args.write, ["SQL pipeline cost"])
     return 0
 
 
