@@ -22,7 +22,7 @@ from proxy.wire.backend import (
     RowDescription,
 )
 from proxy.wire.fields import FieldReader
-from proxy.wire.frontend import Bind
+from proxy.wire.frontend import Bind, Describe
 
 SSN = EncryptedColumn("public.p", "ssn", "randomized", "text", "public.p.ssn")
 EMAIL = EncryptedColumn("public.p", "email", "deterministic", "text", "email")
@@ -132,14 +132,28 @@ def description(format_code: int = 0) -> bytes:
 def test_result_rows_follow_the_requests_that_asked_for_them() -> None:
     c = crypto()
     sealed_params = {"s1": {1: EMAIL}}
-    results = ResultDecryptor(lambda: c, lambda: "7", lambda name: sealed_params.get(name, {}))
+    results = ResultDecryptor(lambda: c, lambda: "7", lambda name: sealed_params.get(name, {}),
+                              lambda name: name == "s1")
     ssn = c.seal_param("7", SSN, False, b"123-45", 0)
     age = c.seal_param("7", AGE, False, b"33", 0)
-    # Parse with the proxy's own Describe: its answers never reach the client.
-    results.describe_after_parse("s1")
-    assert results.backend(b"t"[0], ParameterDescription((17,)).encode()[5:]) == b""
-    assert results.backend(b"T"[0], description()) == b""
-    # The client's own Describe: logical types.
+    # Parse, Bind and Execute with no Describe: the proxy describes the portal itself,
+    # and that answer never reaches the client.
+    results.parsed("s1")
+    results.bind(Bind("", "s1", (), (), (1,)).encode()[5:])
+    assert results.execute("") == Describe("P", "").encode()
+    results.sync()
+    assert results.backend(b"T"[0], description(1)) == b""
+    row = results.backend(b"D"[0], DataRow((b"\0\0\0\1", ssn, age)).encode()[5:])
+    assert DataRow.decode(body(row)).values == (b"\0\0\0\1", b"123-45", struct.pack("!i", 33))
+    results.backend(b"C"[0], CommandComplete("SELECT 1").encode()[5:])
+    results.backend(b"Z"[0], b"I")
+    # Statements on tables without encrypted columns are never described by the proxy.
+    results.parsed("plain")
+    results.bind(Bind("p", "plain", (), (), ()).encode()[5:])
+    assert results.execute("p") == b""
+    results.sync()
+    results.backend(b"Z"[0], b"I")
+    # The client's own Describe: logical types, and the proxy adds no Describe of its own.
     results.describe(b"S" + b"s1\0")
     shown = results.backend(b"t"[0], ParameterDescription((17,)).encode()[5:])
     assert shown == ParameterDescription((values.TYPE_OIDS["text"],)).encode()
@@ -147,7 +161,7 @@ def test_result_rows_follow_the_requests_that_asked_for_them() -> None:
     assert [c.type_oid for c in rewritten.columns] == [23, 25, 23]
     # Bind with binary results, Execute: rows decrypted into binary integers and text.
     results.bind(Bind("", "s1", (), (), (1,)).encode()[5:])
-    results.execute("")
+    assert results.execute("") == b""
     results.sync()
     row = results.backend(b"D"[0], DataRow((b"\0\0\0\1", ssn, age)).encode()[5:])
     assert DataRow.decode(body(row)).values == (b"\0\0\0\1", b"123-45", struct.pack("!i", 33))

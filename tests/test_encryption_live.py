@@ -9,6 +9,7 @@ import datetime as dt
 import json
 import os
 import secrets
+import struct
 import subprocess
 import sys
 import threading
@@ -31,8 +32,11 @@ from proxy.auth.scram import make_verifier
 from proxy.config.settings import KeyStoreSettings
 from proxy.crypto.cipher import HEADER_SIZE, key_version
 from proxy.policy.tokens import mint_hs256
+from proxy.wire import backend as be
+from proxy.wire import frontend as fe
 from tests.certs import CertFiles
 from tests.harness import Database, RunningProxy, proxy_settings, running_proxy
+from tests.rawclient import RawClient
 
 ENC_DB = "tenant_proxy_enc"
 TOKEN_KEY = secrets.token_bytes(32)
@@ -589,3 +593,28 @@ def test_searches_equal_plaintext_results(enc: RunningProxy, db: Database,
         got = {r[0] for r in cur.execute(f"SELECT id FROM contacts WHERE {predicate}",
                                          values).fetchall()}
     assert got == expected, (predicate, values)
+
+
+def test_rows_decrypt_for_clients_that_never_describe(enc: RunningProxy) -> None:
+    """Parse, Bind, Execute with no Describe at all (the portal's columns are then
+    learned by the proxy's own Describe, whose answer the client never sees), in text and
+    binary result formats, and after the unnamed statement is parsed again with
+    other columns."""
+    client = RawClient.connect(enc.port)
+    try:
+        client.login("tok", LOGINS["tok"], ENC_DB, options=f"-c tenant_proxy.tenant={token(1)}")
+        client.query("INSERT INTO patients (name, ssn, visits) VALUES ('raw', 'raw-ssn', 41)")
+        for formats, expected in (((0,), (b"raw-ssn", b"41")),
+                                  ((1,), (b"raw-ssn", struct.pack("!i", 41)))):
+            client.send(fe.Parse("", "SELECT ssn, visits FROM patients WHERE name = $1"),
+                        fe.Bind("", "", (), (b"raw",), formats), fe.Execute("", 0), fe.Sync())
+            messages = client.recv_until_ready()
+            assert [type(m).__name__ for m in messages] == [
+                "ParseComplete", "BindComplete", "DataRow", "CommandComplete", "ReadyForQuery"]
+            assert messages[2].values == expected
+        client.send(fe.Parse("", "SELECT name, visits FROM patients WHERE name = $1"),
+                    fe.Bind("", "", (), (b"raw",), (0,)), fe.Execute("", 0), fe.Sync())
+        rows = [m for m in client.recv_until_ready() if isinstance(m, be.DataRow)]
+        assert rows[0].values == (b"raw", b"41")
+    finally:
+        client.close()

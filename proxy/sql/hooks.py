@@ -37,9 +37,6 @@ class StatementHook(Protocol):
     def parse(self, message: Parse) -> Parse | None:
         """An extended-protocol Parse."""
 
-    def parsed(self) -> bytes:
-        """Bytes to send upstream right after the Parse just forwarded."""
-
     def bind(self, body: bytes) -> list[Close | Parse | Bind] | None:
         """A Bind message body; raise to refuse it, or return messages to send
         upstream before it (their answers are not passed to the client). A Bind
@@ -93,9 +90,6 @@ class PassThrough:
 
     def parse(self, message: Parse) -> Parse | None:
         return None
-
-    def parsed(self) -> bytes:
-        return b""
 
     def bind(self, body: bytes) -> list[Close | Parse | Bind] | None:
         return None

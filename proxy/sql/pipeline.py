@@ -179,6 +179,8 @@ class _Prepared:
     parse: Parse | None = None
     #: Parameters of encrypted columns, sealed at Bind.
     sealed: dict[int, SealedValue] = field(default_factory=dict)
+    #: Whether it touches a table with encrypted columns (its rows may need decrypting).
+    encrypted: bool = False
 
 
 @dataclass
@@ -205,8 +207,6 @@ class TenantSession:
     activity: SessionActivity = field(default_factory=SessionActivity)
     #: Decrypts result rows; None when no column is encrypted.
     results: ResultDecryptor | None = None
-    #: The statement just parsed, if the proxy must describe it (see ``parsed``).
-    _describe: str | None = field(default=None, repr=False)
     _counters: dict[tuple[str, str | None, str], Any] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
@@ -214,7 +214,11 @@ class TenantSession:
         engine = self.engine
         if engine.rules.encryption is not None:
             self.results = ResultDecryptor(lambda: engine.crypto, lambda: self.current,
-                                           self._sealed_columns)
+                                           self._sealed_columns, self._encrypted)
+
+    def _encrypted(self, name: str) -> bool:
+        prepared = self.statements.get(name)
+        return prepared is not None and prepared.encrypted
 
     def _sealed_columns(self, name: str) -> dict[int, Any]:
         prepared = self.statements.get(name)
@@ -258,24 +262,16 @@ class TenantSession:
                     message.sql)
         sealed = dict(plan.sealing.params) if plan.sealing is not None else {}
         self.statements[message.name] = _Prepared(
-            self.current if plan.needs_tenant else None, plan.tenant_params, message, sealed)
+            self.current if plan.needs_tenant else None, plan.tenant_params, message, sealed,
+            encrypted=plan.sealing is not None)
         types = message.param_types
         if plan.sealing is not None:
-            self._describe = message.name
             # The server types these parameters as bytea (or bytea[]): the client's
             # declared type is the logical one, used when sealing at Bind.
             types = tuple(0 if n + 1 in sealed else oid for n, oid in enumerate(types))
         if new_sql is None and types == message.param_types:
             return None
         return Parse(message.name, new_sql or message.sql, types)
-
-    def parsed(self) -> bytes:
-        """Sent upstream right after the Parse just planned: the proxy's own Describe of a
-        statement on encrypted tables, so its result columns are known."""
-        name, self._describe = self._describe, None
-        if name is None or self.results is None:
-            return b""
-        return self.results.describe_after_parse(name)
 
     def _count(self, plan: Plan | None, outcome: str, error: PgError | None,
                start: float, sql: str) -> None:
@@ -336,7 +332,6 @@ class TenantSession:
                 raise Refused(f'prepared statement "{name}" was prepared for another tenant',
                               hint="Prepare it again after switching tenant.")
             again = self.parse(prepared.parse)
-            self._describe = None  # same text, same columns: its layout is known
             prepared = self.statements[name]
             injected = [Close("S", name), again or prepared.parse]  # type: ignore[list-item]
         if not prepared.sealed and not prepared.params:

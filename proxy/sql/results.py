@@ -5,11 +5,12 @@ backend messages it receives. Responses come back in the order of the
 requests, so a FIFO of what was asked (Describe, Execute, Sync, Query) says
 what each RowDescription, ParameterDescription and DataRow answers. A
 statement's columns are known from its Describe; a portal's from its own
-Describe, or from its statement's plus the result formats of its Bind. For
-statements on encrypted tables the session has the proxy describe the
-statement itself right after Parse (the answer is not passed on), so
-drivers that never Describe (asyncpg re-executing a statement) still get
-their rows decrypted.
+Describe, or from its statement's plus the result formats of its Bind. When
+neither is known or asked for, and the statement touches an encrypted table,
+the proxy describes the portal itself just before its Execute (the answer is
+not passed on), so drivers that never Describe still get their rows
+decrypted; clients that do describe (psycopg, node-postgres, pgbench, asyncpg
+once per statement) cost no extra message.
 
 Rows whose columns include no encrypted one pass through untouched.
 """
@@ -72,10 +73,16 @@ class _Asked:
 class ResultDecryptor:
     def __init__(self, crypto: Callable[[], ColumnCrypto | None],
                  tenant: Callable[[], str | None],
-                 sealed_params: Callable[[str], Mapping[int, EncryptedColumn]]) -> None:
+                 sealed_params: Callable[[str], Mapping[int, EncryptedColumn]],
+                 encrypted: Callable[[str], bool]) -> None:
         self._crypto = crypto
         self._tenant = tenant
         self._sealed_params = sealed_params
+        #: Whether a prepared statement touches a table with encrypted columns.
+        self._encrypted = encrypted
+        #: Statements and portals the client asked to describe since their Parse / Bind.
+        self._described_statements: set[str] = set()
+        self._described_portals: set[str] = set()
         self.timezone = "UTC"
         self._asked: deque[_Asked] = deque()
         self._statements: dict[str, Layout | None] = {}
@@ -90,25 +97,42 @@ class ResultDecryptor:
 
     # --- what the client asked -------------------------------------------------
 
-    def describe_after_parse(self, name: str) -> bytes:
-        """The proxy's own Describe of a just-parsed statement."""
-        self._asked.append(_Asked("describe", name, True, injected=True))
-        return Describe("S", name).encode()
+    def parsed(self, name: str) -> None:
+        """A Parse (re)defines ``name``: what was known of its columns is gone."""
+        self._statements.pop(name, None)
+        self._described_statements.discard(name)
 
     def describe(self, body: bytes) -> None:
         message = Describe.decode(FieldReader(body, "Describe"))
-        self._asked.append(_Asked("describe", message.name, message.kind == "S"))
+        statement = message.kind == "S"
+        (self._described_statements if statement else self._described_portals).add(
+            message.name)
+        self._asked.append(_Asked("describe", message.name, statement))
 
     def bind(self, body: bytes) -> None:
         """A Bind going upstream. Its result formats are read only if a row needs them
         (most statements have no encrypted output), so only the names are decoded now."""
         portal_end = body.index(b"\0")
         statement_end = body.index(b"\0", portal_end + 1)
-        self._portals[decode_text(body[:portal_end])] = (
-            decode_text(body[portal_end + 1:statement_end]), body, statement_end + 1)
+        portal = decode_text(body[:portal_end])
+        self._portals[portal] = (decode_text(body[portal_end + 1:statement_end]), body,
+                                 statement_end + 1)
+        self._described_portals.discard(portal)
 
-    def execute(self, portal: str) -> None:
+    def execute(self, portal: str, *, describe: bool = True) -> bytes:
+        """An Execute going upstream; returns the proxy's own Describe of the portal to
+        send before it when nothing else will tell its columns."""
+        inject = b""
+        entry = self._portals.get(portal)
+        if describe and isinstance(entry, tuple) and portal not in self._described_portals:
+            statement = entry[0]
+            if statement not in self._statements and \
+                    statement not in self._described_statements and self._encrypted(statement):
+                self._asked.append(_Asked("describe", portal, False, injected=True))
+                self._described_portals.add(portal)
+                inject = Describe("P", portal).encode()
         self._asked.append(_Asked("execute", portal))
+        return inject
 
     def sync(self) -> None:
         self._asked.append(_Asked("sync"))
@@ -118,6 +142,7 @@ class ResultDecryptor:
 
     def closed(self, kind: str, name: str) -> None:
         (self._statements if kind == "S" else self._portals).pop(name, None)
+        (self._described_statements if kind == "S" else self._described_portals).discard(name)
 
     # --- what the server answered ----------------------------------------------
 

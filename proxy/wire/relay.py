@@ -187,14 +187,13 @@ class Relay:
         if kind == _P:
             parse = Parse.decode(FieldReader(body, "Parse"))
             hook.rfq_due = self.sent + 1
+            if hook.results is not None:
+                hook.results.parsed(parse.name)
             try:
                 new_parse = hook.parse(parse)
             except PgError as exc:
                 return self._refuse(exc, Parse, parse.name)
-            after = hook.parsed()
-            if new_parse is None and not after:
-                return None
-            return (frames.raw(span) if new_parse is None else new_parse.encode()) + after
+            return None if new_parse is None else new_parse.encode()
         results = hook.results
         try:
             if kind == _B:
@@ -209,7 +208,9 @@ class Relay:
             elif kind == _EXECUTE:
                 hook.execute(body)
                 if results is not None:
-                    results.execute(decode_text(body[:body.index(b"\0")]))
+                    describe = results.execute(decode_text(body[:body.index(b"\0")]))
+                    if describe:
+                        return describe + frames.raw(span)
             else:
                 hook.close(body)
                 if results is not None:
@@ -217,7 +218,8 @@ class Relay:
                     results.closed(closed.kind, closed.name)
         except PgError as exc:
             if kind == _EXECUTE and results is not None:
-                results.execute("")  # the marker Execute fails: its answer is an error
+                # the marker Execute fails: its answer is an error
+                results.execute("", describe=False)
             return self._refuse(exc, Bind if kind == _B else Execute)
         except ValueError as exc:
             raise ProtocolViolation(f"invalid {bytes((kind,))!r} message") from exc
