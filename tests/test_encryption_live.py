@@ -618,3 +618,18 @@ def test_rows_decrypt_for_clients_that_never_describe(enc: RunningProxy) -> None
         assert rows[0].values == (b"raw", b"41")
     finally:
         client.close()
+
+
+def test_returning_is_decrypted(enc: RunningProxy) -> None:
+    with psycopg.connect(dsn(enc), autocommit=True) as conn:
+        conn.execute(f"SET tenant_proxy.tenant = '{token(1)}'")
+        inserted = conn.execute("INSERT INTO patients (name, ssn, born) VALUES "
+                                "('ret', %s, %s) RETURNING ssn, born",
+                                ["ret-1", dt.date(1999, 9, 9)]).fetchone()
+        assert inserted == ("ret-1", dt.date(1999, 9, 9))
+        updated = conn.execute("UPDATE patients SET ssn = %s WHERE name = 'ret' "
+                               "RETURNING ssn", ["ret-2"]).fetchone()
+        assert updated == ("ret-2",)
+        deleted = conn.execute("DELETE FROM patients WHERE name = 'ret' RETURNING *"
+                               ).fetchone()
+        assert deleted is not None and "ret-2" in deleted
