@@ -14,7 +14,7 @@ import yaml
 from proxy.config.settings import Settings
 from proxy.wire import backend as be
 from proxy.wire import frontend as fe
-from tests.harness import Database
+from tests.harness import Database, admin_connect, recreate_database
 from tests.rawclient import RawClient
 
 CORPUS = Path(__file__).parent / "corpus"
@@ -34,23 +34,14 @@ def load_entries(name: str) -> list[dict[str, Any]]:
     return yaml.safe_load((CORPUS / name).read_text())["entries"]
 
 
-async def _admin(db: Database, database: str = "postgres") -> asyncpg.Connection:
-    return await asyncpg.connect(db.dsn(db.superuser, database))
-
-
 def create_corpus_db(db: Database) -> None:
     """corpus_tpl from schema.sql plus RLS policies for the differential tests;
     corpus is cloned from it (and re-cloned if a test ever changes it)."""
 
     async def go() -> None:
-        admin = await _admin(db)
-        try:
-            await admin.execute(f"DROP DATABASE IF EXISTS {CORPUS_DB} WITH (FORCE)")
-            await admin.execute(f"DROP DATABASE IF EXISTS {CORPUS_TEMPLATE} WITH (FORCE)")
-            await admin.execute(f"CREATE DATABASE {CORPUS_TEMPLATE}")
-        finally:
-            await admin.close()
-        tpl = await _admin(db, CORPUS_TEMPLATE)
+        await recreate_database(db, CORPUS_DB, drop_only=True)
+        await recreate_database(db, CORPUS_TEMPLATE)
+        tpl = await admin_connect(db, CORPUS_TEMPLATE)
         try:
             await tpl.execute((CORPUS / "schema.sql").read_text())
             exists = await tpl.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", RLS_ROLE)
@@ -74,12 +65,7 @@ def create_corpus_db(db: Database) -> None:
 
 
 async def recreate_corpus_db(db: Database) -> None:
-    admin = await _admin(db)
-    try:
-        await admin.execute(f"DROP DATABASE IF EXISTS {CORPUS_DB} WITH (FORCE)")
-        await admin.execute(f"CREATE DATABASE {CORPUS_DB} TEMPLATE {CORPUS_TEMPLATE}")
-    finally:
-        await admin.close()
+    await recreate_database(db, CORPUS_DB, CORPUS_TEMPLATE)
 
 
 async def digest(conn: asyncpg.Connection, *, tenant: int | None = None) -> str:

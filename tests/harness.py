@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from urllib.parse import urlsplit
 
+import asyncpg
 import uvloop
 
 from proxy.auth.scram import make_verifier
@@ -87,6 +88,25 @@ def provision(db: Database) -> None:
             await conn.close()
 
     asyncio.run(go())
+
+
+async def admin_connect(db: Database, database: str = "postgres") -> asyncpg.Connection:
+    """The superuser's own connection, for setting up what a test needs."""
+    return await asyncpg.connect(db.dsn(db.superuser, database))
+
+
+async def recreate_database(db: Database, name: str, template: str | None = None,
+                            drop_only: bool = False) -> None:
+    """Drop ``name`` (whoever is connected to it) and create it again, empty or from
+    ``template``; with ``drop_only``, just drop it."""
+    conn = await admin_connect(db)
+    try:
+        await conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        if not drop_only:
+            await conn.execute(f"CREATE DATABASE {name}"
+                               + (f" TEMPLATE {template}" if template else ""))
+    finally:
+        await conn.close()
 
 
 def database_from_url(url: str) -> Database:

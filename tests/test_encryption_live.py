@@ -35,7 +35,14 @@ from proxy.policy.tokens import mint_hs256
 from proxy.wire import backend as be
 from proxy.wire import frontend as fe
 from tests.certs import CertFiles
-from tests.harness import Database, RunningProxy, proxy_settings, running_proxy
+from tests.harness import (
+    Database,
+    RunningProxy,
+    admin_connect,
+    proxy_settings,
+    recreate_database,
+    running_proxy,
+)
 from tests.rawclient import RawClient
 
 ENC_DB = "tenant_proxy_enc"
@@ -88,13 +95,9 @@ def token(tenant: int) -> str:
     return mint_hs256(TOKEN_KEY, str(tenant), 600, role="tok")
 
 
-async def _admin(db: Database, database: str = "postgres") -> asyncpg.Connection:
-    return await asyncpg.connect(db.dsn(db.superuser, database))
-
-
 def admin_run(db: Database, sql: str, *args: object) -> list[asyncpg.Record]:
     async def go() -> list[asyncpg.Record]:
-        conn = await _admin(db, ENC_DB)
+        conn = await admin_connect(db, ENC_DB)
         try:
             return await conn.fetch(sql, *args)
         finally:
@@ -112,13 +115,8 @@ def rules_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def enc(db: Database, certs: CertFiles, rules_file: Path) -> Iterator[RunningProxy]:
     async def setup() -> None:
-        admin = await _admin(db)
-        try:
-            await admin.execute(f"DROP DATABASE IF EXISTS {ENC_DB} WITH (FORCE)")
-            await admin.execute(f"CREATE DATABASE {ENC_DB}")
-        finally:
-            await admin.close()
-        conn = await _admin(db, ENC_DB)
+        await recreate_database(db, ENC_DB)
+        conn = await admin_connect(db, ENC_DB)
         try:
             await conn.execute(SCHEMA)
             if await conn.fetchval("SELECT 1 FROM pg_available_extensions WHERE name = "

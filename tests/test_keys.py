@@ -27,7 +27,7 @@ from proxy.crypto.keystore import TABLE, KeyStore
 from proxy.crypto.master import MasterKey
 from proxy.localpg.cluster import free_port
 from proxy.policy.rules import Rules, load_rules
-from tests.harness import Database
+from tests.harness import Database, recreate_database
 
 KEYS_DB = "tenant_proxy_keys_test"
 MASTER = os.urandom(32)
@@ -55,32 +55,12 @@ def run(coro: Any) -> Any:
     return asyncio.run(coro)
 
 
-async def _admin(db: Database, database: str = KEYS_DB) -> asyncpg.Connection:
-    return await asyncpg.connect(db.dsn(db.superuser, database))
-
-
 @pytest.fixture(scope="module")
 def keys_db(db: Database) -> Iterator[str]:
     """A database of its own, so the key table here is nobody else's."""
-    async def create() -> None:
-        conn = await _admin(db, "postgres")
-        try:
-            await conn.execute(f"DROP DATABASE IF EXISTS {KEYS_DB} WITH (FORCE)")
-            await conn.execute(f"CREATE DATABASE {KEYS_DB}")
-        finally:
-            await conn.close()
-
-    run(create())
+    run(recreate_database(db, KEYS_DB))
     yield db.dsn(db.superuser, KEYS_DB)
-
-    async def drop() -> None:
-        conn = await _admin(db, "postgres")
-        try:
-            await conn.execute(f"DROP DATABASE IF EXISTS {KEYS_DB} WITH (FORCE)")
-        finally:
-            await conn.close()
-
-    run(drop())
+    run(recreate_database(db, KEYS_DB, drop_only=True))
 
 
 @pytest.fixture
