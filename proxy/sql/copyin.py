@@ -13,8 +13,9 @@ from __future__ import annotations
 import csv
 import io
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from proxy.errors import Refused
 from proxy.policy.rules import EncryptedColumn
@@ -83,24 +84,8 @@ class CopyIn:
         if not self.fmt.csv:
             end = self._pending.find(b"\n")
             return None if end < 0 else end
-        quote, escape = self.fmt.quote.encode()[0], self.fmt.escape.encode()[0]
-        in_quotes = False
-        i, buf = 0, self._pending
-        while i < len(buf):
-            ch = buf[i]
-            if in_quotes:
-                if ch == escape and escape != quote and i + 1 < len(buf) and \
-                        buf[i + 1] in (quote, escape):
-                    i += 2
-                    continue
-                if ch == quote:
-                    in_quotes = False
-            elif ch == quote:
-                in_quotes = True
-            elif ch == 10:
-                return i
-            i += 1
-        return None
+        return next(_unquoted(self._pending, self.fmt.quote.encode()[0],
+                              self.fmt.escape.encode()[0], 10), None)
 
     def _row(self, row: bytes) -> bytes:
         cr = row.endswith(b"\r")
@@ -185,24 +170,31 @@ def _split_text(line: str, delimiter: str) -> list[str]:
     return fields
 
 
-def _split_csv(line: str, fmt: CopyFormat) -> list[str]:
-    """Fields of a CSV row as written (quotes kept), so unchanged ones go out as they came."""
-    fields, start, i, in_quotes = [], 0, 0, False
-    while i < len(line):
-        ch = line[i]
+def _unquoted(text: Sequence[Any], quote: Any, escape: Any, stop: Any) -> Iterator[int]:
+    """Positions of ``stop`` outside CSV quotes, with quote and escape read as PostgreSQL
+    reads them; over bytes (items and marks are ints) or text (one-character strings)."""
+    in_quotes, i, n = False, 0, len(text)
+    while i < n:
+        ch = text[i]
         if in_quotes:
-            if ch == fmt.escape and fmt.escape != fmt.quote and i + 1 < len(line) and \
-                    line[i + 1] in (fmt.quote, fmt.escape):
+            if ch == escape and escape != quote and i + 1 < n and text[i + 1] in (quote, escape):
                 i += 2
                 continue
-            if ch == fmt.quote:
+            if ch == quote:
                 in_quotes = False
-        elif ch == fmt.quote:
+        elif ch == quote:
             in_quotes = True
-        elif ch == fmt.delimiter:
-            fields.append(line[start:i])
-            start = i + 1
+        elif ch == stop:
+            yield i
         i += 1
+
+
+def _split_csv(line: str, fmt: CopyFormat) -> list[str]:
+    """Fields of a CSV row as written (quotes kept), so unchanged ones go out as they came."""
+    fields, start = [], 0
+    for end in _unquoted(line, fmt.quote, fmt.escape, fmt.delimiter):
+        fields.append(line[start:end])
+        start = end + 1
     fields.append(line[start:])
     return fields
 
