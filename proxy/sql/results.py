@@ -24,7 +24,7 @@ from dataclasses import dataclass, replace
 
 from proxy.crypto import values
 from proxy.crypto.columns import ColumnCrypto
-from proxy.errors import PgError, ProtocolViolation
+from proxy.errors import PgError
 from proxy.policy.rules import EncryptedColumn
 from proxy.wire.backend import (
     ColumnDescription,
@@ -32,13 +32,12 @@ from proxy.wire.backend import (
     ParameterDescription,
     RowDescription,
 )
-from proxy.wire.fields import FieldReader, decode_text
+from proxy.wire.fields import FieldReader, FieldWriter, decode_text, frame
 from proxy.wire.frontend import Describe
 
 _T, _PD, _NO_DATA, _D = b"T"[0], b"t"[0], b"n"[0], b"D"[0]
 _C, _EMPTY, _SUSPENDED, _ERROR, _Z = b"C"[0], b"I"[0], b"s"[0], b"E"[0], b"Z"[0]
 _INT16, _INT32 = struct.Struct("!h"), struct.Struct("!i")
-_NULL = _INT32.pack(-1)
 #: RowDescriptions remembered per session (a session runs few distinct statements).
 _DESCRIPTIONS_KEPT = 64
 #: Backend messages this class looks at; everything else passes by.
@@ -249,7 +248,10 @@ class ResultDecryptor:
         if layout is None or not layout.fields:
             return None
         tenant, crypto = self._tenant(), self._crypto()
-        row = _row_values(body)
+        # The codec's primitives without the message objects: this runs for every row.
+        reader = FieldReader(body, "DataRow")
+        row = reader.nullable_values(reader.count16())
+        reader.end()
         try:
             if tenant is None or crypto is None:
                 raise PgError("encrypted values cannot be read in this session now",
@@ -262,7 +264,7 @@ class ResultDecryptor:
             if head is not None:
                 head.failed = True
             return ErrorResponse(exc.fields()).encode()
-        return _data_row(row)
+        return frame(b"D", FieldWriter().int16(len(row)).nullable_values(row).body())
 
     def _portal_layout(self, portal: str) -> Layout | None:
         entry = self._portals.get(portal)
@@ -279,38 +281,6 @@ class ResultDecryptor:
             formatted = self._formatted[key] = (layout, layout.formatted(formats))
         self._portals[portal] = formatted[1]
         return formatted[1]
-
-
-def _row_values(body: bytes) -> list[bytes | None]:
-    """A DataRow's values (the server's own message: its framing is trusted)."""
-    values: list[bytes | None] = []
-    try:
-        (count,) = _INT16.unpack_from(body, 0)
-        pos = 2
-        for _ in range(count):
-            (length,) = _INT32.unpack_from(body, pos)
-            pos += 4
-            if length < 0:
-                values.append(None)
-            else:
-                values.append(body[pos:pos + length])
-                pos += length
-    except struct.error:
-        pos = -1
-    if pos != len(body):
-        raise ProtocolViolation("malformed DataRow from the server")
-    return values
-
-
-def _data_row(values: list[bytes | None]) -> bytes:
-    parts = [_INT16.pack(len(values))]
-    for value in values:
-        if value is None:
-            parts.append(_NULL)
-        else:
-            parts += [_INT32.pack(len(value)), value]
-    body = b"".join(parts)
-    return b"D" + _INT32.pack(len(body) + 4) + body
 
 
 def _result_formats(body: bytes, pos: int) -> tuple[int, ...]:

@@ -181,14 +181,12 @@ class DataRow:
 
     @classmethod
     def decode(cls, r: FieldReader) -> DataRow:
-        values = tuple(r.nullable_bytes() for _ in range(r.count16()))
+        values = tuple(r.nullable_values(r.count16()))
         r.end()
         return cls(values)
 
     def encode(self) -> bytes:
-        w = FieldWriter().int16(len(self.values))
-        for value in self.values:
-            w.nullable_bytes(value)
+        w = FieldWriter().int16(len(self.values)).nullable_values(self.values)
         return frame(self.type_code, w.body())
 
 
