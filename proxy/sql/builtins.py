@@ -58,9 +58,7 @@ pg_table_is_visible pg_type_is_visible pg_function_is_visible obj_description
 col_description has_table_privilege has_schema_privilege has_column_privilege
 has_sequence_privilege pg_encoding_to_char pg_client_encoding
 array_in array_out textin textout to_regclass to_regtype to_regproc to_regnamespace
-nextval currval lastval pg_advisory_lock pg_advisory_unlock pg_advisory_unlock_all
-pg_try_advisory_lock pg_advisory_xact_lock pg_try_advisory_xact_lock
-txid_current pg_current_xact_id
+nextval currval lastval txid_current pg_current_xact_id
 """.split())
 
 #: Refused with a specific reason, whatever the rules say about the rest.
@@ -92,7 +90,42 @@ DENIED_FUNCTIONS = {
     "pg_cancel_backend": "acts on other sessions",
     "pg_reload_conf": "changes server state",
     "setval": "moves a sequence shared by all tenants",
+    **dict.fromkeys(
+        "pg_advisory_lock pg_advisory_lock_shared pg_advisory_unlock pg_advisory_unlock_shared "
+        "pg_advisory_unlock_all pg_advisory_xact_lock pg_advisory_xact_lock_shared "
+        "pg_try_advisory_lock pg_try_advisory_lock_shared pg_try_advisory_xact_lock "
+        "pg_try_advisory_xact_lock_shared".split(),
+        "advisory locks are one key space shared by all tenants"),
+    **dict.fromkeys(
+        "pg_relation_size pg_table_size pg_total_relation_size pg_indexes_size "
+        "pg_database_size pg_tablespace_size pg_relation_filenode pg_relation_filepath "
+        "pg_sequence_last_value pg_current_wal_lsn pg_current_wal_insert_lsn".split(),
+        "sizes and positions count every tenant's rows"),
+    **dict.fromkeys(
+        "txid_status pg_xact_status pg_xact_commit_timestamp "
+        "pg_xact_commit_timestamp_origin pg_last_committed_xact txid_current_snapshot "
+        "pg_current_snapshot pg_lock_status pg_blocking_pids "
+        "pg_safe_snapshot_blocking_pids".split(),
+        "shows other sessions' transactions"),
+    **dict.fromkeys("pg_show_all_settings pg_show_all_file_settings".split(),
+                    "shows the server's configuration"),
 }
+
+#: Function-name prefixes (and catalog relation prefixes) of server statistics,
+#: refused whatever functions.allow or catalog.allow say.
+SIDE_CHANNEL_PREFIXES = ("pg_stat_", "pg_statio_", "pg_stats", "pg_statistic")
+
+#: Functions PostgreSQL also calls in attribute notation: ``c.row_to_json`` is
+#: ``row_to_json(c)``, a whole-row reference (``pg_proc`` entries whose only
+#: required argument is record or polymorphic, PostgreSQL 15).
+ATTRIBUTE_FUNCTIONS = frozenset("""
+array_agg json_agg jsonb_agg row_to_json to_json to_jsonb record_out record_send hash_record
+concat json_build_array json_build_object jsonb_build_array jsonb_build_object mode
+num_nonnulls num_nulls pg_column_size pg_column_compression quote_literal quote_nullable
+any_out anyelement_out anynonarray_out anycompatible_out anycompatiblenonarray_out
+count rank dense_rank percent_rank cume_dist first_value last_value lag lead pg_typeof
+pg_collation_for
+""".split())
 
 #: pg_catalog and information_schema relations drivers and ORMs read for type
 #: and schema introspection. Statistics (pg_stats, pg_class.reltuples is a
@@ -103,7 +136,7 @@ pg_catalog.pg_type pg_catalog.pg_namespace pg_catalog.pg_class pg_catalog.pg_att
 pg_catalog.pg_attrdef pg_catalog.pg_index pg_catalog.pg_constraint pg_catalog.pg_enum
 pg_catalog.pg_range pg_catalog.pg_description pg_catalog.pg_am pg_catalog.pg_collation
 pg_catalog.pg_proc pg_catalog.pg_inherits pg_catalog.pg_depend pg_catalog.pg_sequence
-pg_catalog.pg_database pg_catalog.pg_settings pg_catalog.pg_extension pg_catalog.pg_trigger
+pg_catalog.pg_database pg_catalog.pg_extension pg_catalog.pg_trigger
 pg_catalog.pg_opclass pg_catalog.pg_operator pg_catalog.pg_cast pg_catalog.pg_tables
 pg_catalog.pg_views pg_catalog.pg_indexes pg_catalog.pg_matviews pg_catalog.pg_sequences
 pg_catalog.pg_roles pg_catalog.pg_tablespace pg_catalog.pg_language
@@ -115,6 +148,18 @@ information_schema.constraint_column_usage information_schema.routines
 information_schema.parameters information_schema.sequences
 information_schema.element_types information_schema.check_constraints
 """.split())
+
+CATALOG_SCHEMAS = ("pg_catalog", "information_schema")
+
+#: Columns that count or locate rows of every tenant, by catalog relation. These
+#: relations are readable column by column only (no ``*``, whole-row references or
+#: column aliases); every other readable catalog relation may be read whole.
+SENSITIVE_CATALOG_COLUMNS = {
+    "pg_catalog.pg_class": frozenset({"reltuples", "relpages", "relallvisible",
+                                      "relfrozenxid", "relminmxid", "relfilenode"}),
+    "pg_catalog.pg_sequences": frozenset({"last_value"}),
+    "pg_catalog.pg_database": frozenset({"datfrozenxid", "datminmxid"}),
+}
 
 #: Catalog relations refused with a reason even if listed in catalog.allow.
 SENSITIVE_CATALOG = {
@@ -128,6 +173,13 @@ SENSITIVE_CATALOG = {
     "pg_catalog.pg_largeobject": "large objects are not tenant-scoped",
     "pg_catalog.pg_hba_file_rules": "server configuration",
     "pg_catalog.pg_file_settings": "server configuration",
+    "pg_catalog.pg_settings": "server configuration (paths, addresses, limits); SHOW and "
+                              "current_setting() read the readable settings",
+    "pg_catalog.pg_db_role_setting": "server configuration",
+    "pg_catalog.pg_config": "server configuration",
+    "pg_catalog.pg_locks": "shows every session's locks, advisory keys included",
+    "pg_catalog.pg_prepared_xacts": "shows other sessions' transactions",
+    "pg_catalog.pg_replication_slots": "server state",
 }
 
 #: Session settings a tenant role may SET or RESET.
@@ -138,4 +190,14 @@ client_min_messages default_transaction_isolation default_transaction_read_only
 default_transaction_deferrable transaction_isolation transaction_read_only
 transaction_deferrable enable_seqscan enable_indexscan enable_bitmapscan
 enable_hashjoin enable_mergejoin enable_nestloop work_mem jit
+""".split())
+
+#: Settings a tenant may read with SHOW or current_setting(): those it may set,
+#: and read-only facts drivers ask for. Paths, addresses, limits and the upstream
+#: role are not here.
+READABLE_SETTINGS = SAFE_SETTINGS | frozenset("""
+server_version server_version_num server_encoding client_encoding integer_datetimes
+standard_conforming_strings max_identifier_length search_path in_hot_standby
+lc_collate lc_ctype lc_messages lc_monetary lc_numeric lc_time default_text_search_config
+tenant_proxy.tenant
 """.split())
