@@ -31,6 +31,8 @@ from tests.corpus_harness import (
 from tests.harness import Database, RunningProxy, proxy_password, proxy_settings, running_proxy
 from tests.rawclient import RawClient
 
+pytestmark = pytest.mark.live
+
 TENANT = 1
 COLUMNS = {
     "users": ["id", "tenant_id", "email", "name", "ssn"],

@@ -1,0 +1,1 @@
+"""The differential fuzzer: statement generator, runner against PostgreSQL RLS, report."""
