@@ -11,21 +11,19 @@ import logging
 import re
 from dataclasses import replace
 
-import pglast
-import pglast.stream
 import sqlglot
 from pglast import ast, enums
-from sqlglot import exp
-from sqlglot.errors import SqlglotError
 
 from proxy.errors import PgError, Refused, Unsupported
-from proxy.policy.rules import Rules
+from proxy.policy.rules import Rules, TableRule
 from proxy.sql.builtins import SAFE_SETTINGS
 from proxy.sql.copyin import CopyFormat
 from proxy.sql.facts import statement_facts
 from proxy.sql.plan import IdentityAction, Plan, SqlObject
-from proxy.sql.rewrite import TENANT_SENTINEL, classify_relation, scope_statement
+from proxy.sql.relations import classify
+from proxy.sql.scope import Reference, references
 from proxy.sql.sealing import Sealing, seal_statement
+from proxy.sql.splice import TENANT_SENTINEL, Splicer
 from proxy.sql.statements import (
     DATA_STATEMENTS,
     Statement,
@@ -33,20 +31,14 @@ from proxy.sql.statements import (
     check_functions,
     check_node_types,
     check_pg_class,
-    range_vars,
     split,
+    walk,
 )
+from proxy.sql.verify import verify
 
 log = logging.getLogger("tenant_proxy.sql")
 
 TENANT_SETTING = "tenant_proxy.tenant"
-
-_SQLGLOT_KINDS: dict[str, tuple[type[exp.Expression], ...]] = {
-    "SelectStmt": (exp.Select, exp.SetOperation, exp.Subquery, exp.Values),
-    "InsertStmt": (exp.Insert,),
-    "UpdateStmt": (exp.Update,),
-    "DeleteStmt": (exp.Delete,),
-}
 
 _SETTING_REASONS = {
     "search_path": "it changes how names resolve",
@@ -71,73 +63,91 @@ class _Data:
         self.copy_in, self.sealing = copy_in, sealing
 
 
-def _reads_scoped_table(stmt: Statement, rules: Rules) -> bool:
-    """Whether a statement needs the scoping pass; every relation it names is
-    checked either way. Catalog and shared-table reads (driver introspection)
-    go out exactly as written, without sqlglot."""
-    if stmt.kind != "SelectStmt":
-        return True
-    for ref, is_cte in stmt.refs:
-        if is_cte:
-            continue
-        if ref.catalogname:
-            return True  # the scoping pass refuses it with a reason
-        qualified = classify_relation(rules, ref.schemaname, ref.relname, "source")
-        rule = rules.table(qualified)
-        if rule is not None and rule.scope == "tenant":
-            return True
-    return False
+def _checked_nodes(stmt: Statement) -> list[ast.Node]:
+    """The nodes the syntax and function checks see: a PREPARE's or DECLARE's query."""
+    node = stmt.node
+    if isinstance(node, (ast.PrepareStmt, ast.DeclareCursorStmt)):
+        return walk(node.query) + walk(getattr(node, "argtypes", None))
+    if isinstance(node, ast.CopyStmt):
+        return walk(node.query) + walk(node.relation) + walk(node.attlist) + walk(
+            node.whereClause)
+    return stmt.nodes
 
 
-def plan_data(stmt: Statement, rules: Rules) -> _Data:
-    if TENANT_SENTINEL in stmt.text:
-        raise Refused(f"statements may not contain the reserved word {TENANT_SENTINEL}")
-    if isinstance(stmt.node, ast.SelectStmt) and stmt.node.intoClause is not None:
-        raise Refused("SELECT INTO creates a table; DDL is not allowed",
-                      hint="Use INSERT INTO ... SELECT into an existing table.")
-    check_node_types(stmt.nodes)
-    check_functions(stmt.nodes, rules)
-    if any(r.relname == "pg_class" and r.schemaname in (None, "pg_catalog")
-           for r, is_cte in stmt.refs if not is_cte):
-        check_pg_class(stmt.nodes)
-    if not _reads_scoped_table(stmt, rules):
-        relations = [f"{r.schemaname or 'public'}.{r.relname}"
-                     for r, is_cte in stmt.refs if not is_cte]
-        return _Data(stmt.text, False, False, set(), [], relations)
-    if any(token.name == "UIDENT" for token in pglast.parser.scan(stmt.text)):
-        raise Unsupported('Unicode-escaped identifiers (U&"...") in statements on '
-                          "tenant-scoped tables are not supported",
-                          hint="Write the identifier plainly or quoted.")
+def _encrypted_tables(refs: list[Reference], rules: Rules) -> set[str]:
+    if rules.encryption is None or not rules.encryption.columns:
+        return set()
+    return {r.qualified for r in refs if r.role != "cte"} & set(rules.encryption.columns)
+
+
+def _sealed(stmt: Statement, kind: type[ast.Node], rules: Rules
+            ) -> tuple[Statement, Sealing | None]:
+    """The statement with encrypted-column values marked for sealing (sqlglot), and
+    what to seal; the statement as it is when it touches no encrypted column."""
     try:
         trees = sqlglot.parse(stmt.text, read="postgres")
     except Exception as exc:  # sqlglot raises more than ParseError on odd input
-        raise Unsupported("tenant-proxy cannot analyze this statement",
-                          detail=str(exc).splitlines()[0][:200],
-                          hint="Statements the proxy cannot prove safe are refused.") from exc
-    if len(trees) != 1 or trees[0] is None or not isinstance(trees[0],
-                                                             _SQLGLOT_KINDS[stmt.kind]):
-        raise Unsupported("tenant-proxy cannot analyze this statement",
-                          detail=f"its parsers disagree on what it is ({stmt.kind})")
-    tree = trees[0]
-    sealing = seal_statement(tree, rules)
-    result = scope_statement(tree, rules)
-    if result.references != range_vars(stmt.nodes):
-        raise Unsupported("tenant-proxy cannot analyze this statement",
-                          detail="its parsers disagree on the relations it references")
-    changed = result.needs_tenant
-    try:
-        text = tree.sql(dialect="postgres", copy=False) if changed else stmt.text
-    except (SqlglotError, ValueError) as exc:
-        raise Unsupported("tenant-proxy cannot rewrite this statement",
+        raise Unsupported("tenant-proxy cannot analyze this statement for encrypted columns",
                           detail=str(exc).splitlines()[0][:200]) from exc
-    if changed:
-        try:
-            pglast.parse_sql(text.replace(TENANT_SENTINEL, "0"))
-        except pglast.parser.ParseError as exc:
-            raise Unsupported("tenant-proxy cannot rewrite this statement",
-                              detail=str(exc)) from exc
-    return _Data(text, changed, result.needs_tenant, result.tenant_params,
-                 result.tenant_literals, result.relations, sealing=sealing or None)
+    if len(trees) != 1 or trees[0] is None:
+        raise Unsupported("tenant-proxy cannot analyze this statement for encrypted columns")
+    sealing = seal_statement(trees[0], rules)
+    if not sealing.params and not sealing.literals:
+        return stmt, sealing or None
+    (again,) = split(trees[0].sql(dialect="postgres"))
+    if not isinstance(again.node, kind):
+        raise Unsupported("tenant-proxy cannot analyze this statement for encrypted columns")
+    return again, sealing
+
+
+def plan_data(stmt: Statement, rules: Rules) -> _Data:
+    """Check and scope one data statement (SELECT, INSERT, UPDATE, DELETE, COPY,
+    or SQL PREPARE/DECLARE of one): classify every relation reference, then splice
+    the tenant in where it is read or written."""
+    if TENANT_SENTINEL in stmt.text:
+        raise Refused(f"statements may not contain the reserved word {TENANT_SENTINEL}")
+    node = stmt.node
+    if isinstance(node, ast.SelectStmt) and node.intoClause is not None:
+        raise Refused("SELECT INTO creates a table; DDL is not allowed",
+                      hint="Use INSERT INTO ... SELECT into an existing table.")
+    if isinstance(node, ast.MergeStmt):
+        raise Unsupported("MERGE is not supported by tenant-proxy",
+                          hint="Use INSERT ... ON CONFLICT, UPDATE or DELETE.")
+    nodes = _checked_nodes(stmt)
+    check_node_types(nodes)
+    check_functions(nodes, rules)
+    refs = references(node)
+    for ref in refs:
+        classify(rules, ref)
+    if any(r.qualified == "pg_catalog.pg_class" and r.role == "read" for r in refs):
+        check_pg_class(nodes)
+    relations = [r.qualified for r in refs if r.role != "cte"]
+    sealing = None
+    if _encrypted_tables(refs, rules) and not isinstance(node, ast.CopyStmt):
+        stmt, sealing = _sealed(stmt, type(node), rules)
+        refs = references(stmt.node)
+    splicer = Splicer(stmt.text, stmt.offset, rules, stmt.nodes)
+    copy_in = None
+    for ref in refs:
+        rule = rules.table(ref.qualified) if ref.role != "cte" else None
+        if rule is None or rule.scope != "tenant":
+            continue
+        if ref.role == "read" and isinstance(ref.writer, ast.CopyStmt):
+            splicer.scope_copy_to(ref, rule)
+        elif ref.role == "read":
+            splicer.scope_read(ref, rule)
+        elif ref.role == "copy-from":
+            copy_in = _copy_in_format(ref, rule, rules, splicer.scope_copy_from(ref, rule))
+        elif isinstance(ref.writer, ast.InsertStmt):
+            splicer.scope_insert(ref, rule)
+        else:
+            splicer.scope_update_delete(ref, rule)
+    out = splicer.out
+    text = splicer.result() if splicer.edits else stmt.text
+    changed = text != stmt.text or (sealing is not None and bool(sealing.params
+                                                                or sealing.literals))
+    return _Data(text, changed, out.needs_tenant, out.tenant_params, out.tenant_literals,
+                 relations, copy_in=copy_in, sealing=sealing)
 
 
 def _setting_plan(node: ast.VariableSetStmt, rules: Rules) -> IdentityAction | None:
@@ -170,48 +180,29 @@ def _setting_plan(node: ast.VariableSetStmt, rules: Rules) -> IdentityAction | N
 _CURSOR_OPT_HOLD = 0x0020
 
 
-def _inner_text(stmt: Statement, inner: ast.Node, keyword: str) -> tuple[str, str]:
-    """Split ``PREPARE p AS <query>`` / ``DECLARE c CURSOR FOR <query>`` into the
-    prefix and the query text, confirmed by parsing the query part again."""
-    for match in re.finditer(rf"\b{keyword}\b", stmt.text, re.IGNORECASE):
-        rest = stmt.text[match.end():]
-        try:
-            parsed = pglast.parse_sql(rest)
-        except pglast.parser.ParseError:
-            continue
-        if len(parsed) == 1 and parsed[0].stmt == inner:
-            return stmt.text[:match.end()], rest.strip()
-    raise Unsupported(f"tenant-proxy cannot find the query of this {stmt.kind}")
-
-
 def _sql_object(stmt: Statement, rules: Rules) -> tuple[_Data, SqlObject]:
     """SQL-level PREPARE/EXECUTE and DECLARE/FETCH/CLOSE: bodies are scoped like
     any statement; the session ties each name to the tenant it was made for."""
     node = stmt.node
     if isinstance(node, (ast.PrepareStmt, ast.DeclareCursorStmt)):
         prepare = isinstance(node, ast.PrepareStmt)
-        prefix, text = _inner_text(stmt, node.query, "AS" if prepare else "FOR")
-        inner = Statement(type(node.query).__name__, text, node.query)
-        if inner.kind not in DATA_STATEMENTS or (not prepare and inner.kind != "SelectStmt"):
-            raise Unsupported(f"{stmt.kind} of a {inner.kind} is not supported")
-        data = plan_data(inner, rules)
-        data.text = f"{prefix} {data.text}"
+        inner = type(node.query).__name__
+        if inner not in DATA_STATEMENTS or (not prepare and inner != "SelectStmt"):
+            raise Unsupported(f"{stmt.kind} of a {inner} is not supported")
+        data = plan_data(stmt, rules)
         hold = not prepare and bool(node.options & _CURSOR_OPT_HOLD)
         name = node.name if prepare else node.portalname
         return data, SqlObject("prepare" if prepare else "declare", name, hold=hold)
+    unchanged = _Data(stmt.text, False, False, set(), [], [])
     if isinstance(node, ast.ExecuteStmt):
         args = tuple(_const_text(a) for a in node.params or ())
-        return _Data(stmt.text, False, False, set(), [], []), SqlObject("execute", node.name,
-                                                                         args)
+        return unchanged, SqlObject("execute", node.name, args)
     if isinstance(node, ast.FetchStmt):
-        return _Data(stmt.text, False, False, set(), [], []), SqlObject("fetch",
-                                                                         node.portalname)
+        return unchanged, SqlObject("fetch", node.portalname)
     if isinstance(node, ast.ClosePortalStmt):
-        return _Data(stmt.text, False, False, set(), [], []), SqlObject("close",
-                                                                         node.portalname)
+        return unchanged, SqlObject("close", node.portalname)
     assert isinstance(node, ast.DeallocateStmt)
-    return _Data(stmt.text, False, False, set(), [], []), SqlObject(
-        "deallocate", None if node.isall else node.name)
+    return unchanged, SqlObject("deallocate", None if node.isall else node.name)
 
 
 def _const_text(node: ast.Node) -> str | None:
@@ -276,34 +267,22 @@ def _copy(stmt: Statement, rules: Rules) -> _Data:
     if node.is_program or node.filename is not None:
         raise Refused("COPY to or from server files or programs is not allowed",
                       hint="Use COPY ... TO STDOUT / FROM STDIN.")
-    if node.is_from:
-        return _copy_in(stmt, node, rules)
-    if node.relation is not None:
-        rel = node.relation
-        name = f'"{rel.schemaname}".' if rel.schemaname else ""
-        cols = ", ".join(f'"{c.sval}"' for c in node.attlist or ()) or "*"
-        query_text = f'SELECT {cols} FROM {"ONLY " if not rel.inh else ""}{name}"{rel.relname}"'
-    else:
-        query_text = pglast.stream.RawStream()(node.query)
-    (inner,) = split(query_text)
-    data = plan_data(inner, rules)
-    if data.sealing is not None and data.sealing.tables:
+    if node.is_from and node.whereClause is not None:
+        rule = rules.table(references(node)[0].qualified)
+        if rule is not None and rule.scope == "tenant":
+            raise Unsupported("COPY FROM ... WHERE is not supported for tenant-scoped tables")
+    if not node.is_from and _encrypted_tables(references(node), rules):
         raise Unsupported("COPY ... TO of a table with encrypted columns is not supported",
                           hint="Read encrypted columns with SELECT; the proxy decrypts "
                                "result rows, not COPY data.", reason="encrypted_column")
-    options = _copy_options(node.options or ())
-    return _Data(f"COPY ({data.text}) TO STDOUT{options}", True, data.needs_tenant,
-                 data.params, data.literals, data.relations)
+    return plan_data(stmt, rules)
 
 
-def _copy_in(stmt: Statement, node: ast.CopyStmt, rules: Rules) -> _Data:
-    rel = node.relation
-    qualified = classify_relation(rules, rel.schemaname, rel.relname, "target")
-    rule = rules.table(qualified)
-    if rule is None or rule.scope != "tenant":
-        return _Data(stmt.text, False, False, set(), [], [qualified])
-    if node.whereClause is not None:
-        raise Unsupported("COPY FROM ... WHERE is not supported for tenant-scoped tables")
+def _copy_in_format(ref: Reference, rule: TableRule, rules: Rules, filled: bool
+                    ) -> CopyFormat:
+    """How the session checks (or fills) the tenant column of COPY ... FROM rows."""
+    node = ref.writer
+    assert isinstance(node, ast.CopyStmt)
     opts = {o.defname: o.arg for o in node.options or ()}
     fmt = opts.get("format")
     kind = fmt.sval if isinstance(fmt, ast.String) else "text"
@@ -325,28 +304,18 @@ def _copy_in(stmt: Statement, node: ast.CopyStmt, rules: Rules) -> _Data:
         return arg.sval if isinstance(arg, ast.String) else default
 
     columns = [c.sval for c in node.attlist or ()]
-    if not columns:
-        raise Refused("COPY into a tenant-scoped table needs a column list",
-                      hint=f'Name the columns, with or without "{rule.column}".')
     csv = kind == "csv"
     quote = text_opt("quote", '"')
-    encrypted = rules.encryption.columns.get(qualified, {}) if rules.encryption else {}
+    encrypted = rules.encryption.columns.get(ref.qualified, {}) if rules.encryption else {}
     sealed = tuple((i, encrypted[c]) for i, c in enumerate(columns) if c in encrypted)
     if sealed and any(name in opts for name in ("null", "force_null", "force_not_null",
                                                 "default")):
         raise Unsupported("COPY options NULL, DEFAULT, FORCE_NULL and FORCE_NOT_NULL are not "
                           "supported with encrypted columns", reason="encrypted_column")
-    layout = CopyFormat(
+    return CopyFormat(
         csv=csv, delimiter=text_opt("delimiter", "," if csv else "\t"), quote=quote,
         escape=text_opt("escape", quote), header=_copy_flag(opts, "header"),
-        tenant_index=columns.index(rule.column) if rule.column in columns else None,
-        sealed=sealed)
-    text = stmt.text
-    if layout.tenant_index is None:
-        schema, name = qualified.split(".", 1)
-        cols = ", ".join(f'"{c}"' for c in [*columns, rule.column or ""])
-        text = f'COPY "{schema}"."{name}" ({cols}) FROM STDIN{_copy_options(node.options or ())}'
-    return _Data(text, True, True, set(), [], [qualified], layout)
+        tenant_index=None if filled else columns.index(rule.column or ""), sealed=sealed)
 
 
 def _copy_flag(opts: dict[str, object], name: str) -> bool:
@@ -361,27 +330,6 @@ def _copy_flag(opts: dict[str, object], name: str) -> bool:
     if isinstance(arg, ast.String):
         return arg.sval.lower() in ("true", "on", "1")
     return True
-
-
-def _copy_options(options: tuple[ast.DefElem, ...]) -> str:
-    rendered = []
-    for opt in options:
-        arg = opt.arg
-        if arg is None:
-            rendered.append(opt.defname)
-        elif isinstance(arg, ast.String):
-            rendered.append(f"{opt.defname} '{arg.sval.replace(chr(39), chr(39) * 2)}'")
-        elif isinstance(arg, ast.Integer):
-            rendered.append(f"{opt.defname} {arg.ival}")
-        elif isinstance(arg, ast.Boolean):
-            rendered.append(f"{opt.defname} {'true' if arg.boolval else 'false'}")
-        elif isinstance(arg, ast.A_Star):
-            rendered.append(f"{opt.defname} *")
-        elif isinstance(arg, tuple):
-            rendered.append(f"{opt.defname} (" + ", ".join(f'"{a.sval}"' for a in arg) + ")")
-        else:
-            raise Unsupported(f"COPY option {opt.defname} is not supported")
-    return f" WITH ({', '.join(rendered)})" if rendered else ""
 
 
 def plan_statement(sql: str, rules: Rules, *, extended: bool = False) -> Plan:
@@ -454,6 +402,9 @@ def _plan_statements(statements: list[Statement], kinds: tuple[str, ...], rules:
             params |= data.params
             literals += data.literals
             relations += data.relations
+            if data.copy_in is not None and len(statements) > 1:
+                raise Refused("COPY ... FROM STDIN into a tenant-scoped table must be sent "
+                              "on its own, not in a multi-statement query")
             copy_in = data.copy_in or copy_in
             if data.sealing is not None:
                 if len(statements) > 1 or sql_object is not None:
@@ -469,7 +420,12 @@ def _plan_statements(statements: list[Statement], kinds: tuple[str, ...], rules:
             return Plan(identity=identity, kinds=kinds)
         channels += found
         texts.append(stmt.text)
-    parts = tuple("; ".join(texts).split(TENANT_SENTINEL)) if changed else None
+    if not changed:
+        parts = None
+    else:
+        text = "; ".join(texts)
+        verify([s.node for s in statements], text, rules)
+        parts = tuple(text.split(TENANT_SENTINEL))
     return Plan(parts=parts, needs_tenant=needs_tenant, tenant_params=frozenset(params),
                 tenant_literals=tuple(literals), channels=tuple(channels), kinds=kinds,
                 relations=tuple(relations), copy_in=copy_in, sql_object=sql_object,

@@ -1,10 +1,6 @@
 """Statement boundaries, kinds and function calls, read with PostgreSQL's own
-grammar (pglast, which wraps libpg_query).
-
-sqlglot alone misreads some statements (opaque Command fallbacks, ``LISTEN x``
-read as an alias, statement counts that disagree on backslash strings), so
-the proxy trusts PostgreSQL's parser for what a message contains and uses
-sqlglot only to rewrite the data statements it has confirmed.
+grammar (pglast, which wraps libpg_query): the proxy reads every statement
+as the server will, and never with a second parser that could disagree.
 """
 
 from __future__ import annotations
@@ -37,6 +33,8 @@ class Statement:
     kind: str
     text: str
     node: ast.Node
+    #: Where ``text`` starts in the text that was parsed (node locations count from there).
+    offset: int = 0
 
     @cached_property
     def nodes(self) -> list[ast.Node]:
@@ -59,7 +57,8 @@ def split(sql: str) -> list[Statement]:
     for stmt in raw:
         start = stmt.stmt_location or 0
         text = sql[start:start + stmt.stmt_len] if stmt.stmt_len else sql[start:]
-        out.append(Statement(type(stmt.stmt).__name__, text.strip(), stmt.stmt))
+        lead = len(text) - len(text.lstrip())
+        out.append(Statement(type(stmt.stmt).__name__, text.strip(), stmt.stmt, start + lead))
     return out
 
 

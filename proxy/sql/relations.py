@@ -1,0 +1,49 @@
+"""What the rules say of each relation a statement references (I3).
+
+Every reference the scope walker finds is classified here, reads and writes
+alike: denied and unknown relations, catalog relations outside the
+allow-list and writes to read-only tables are refused before any rewriting.
+"""
+
+from __future__ import annotations
+
+from proxy.errors import Refused
+from proxy.policy.rules import Rules
+from proxy.sql.builtins import SAFE_CATALOG, SENSITIVE_CATALOG
+from proxy.sql.scope import Reference
+
+CATALOG_SCHEMAS = ("pg_catalog", "information_schema")
+
+
+def classify(rules: Rules, ref: Reference) -> None:
+    """Refuse ``ref`` unless the rules allow it in its role."""
+    if ref.role == "cte":
+        return
+    qualified = ref.qualified
+    schema, _name = qualified.split(".", 1)
+    writes = ref.role in ("target", "copy-from")
+    if "." in schema:
+        raise Refused("cross-database references are not allowed")
+    if schema in CATALOG_SCHEMAS:
+        if qualified in SENSITIVE_CATALOG:
+            raise Refused(f"reading {qualified} is not allowed: "
+                          f"{SENSITIVE_CATALOG[qualified]}", reason="catalog")
+        if writes:
+            raise Refused(f"writing to the system catalog ({qualified}) is not allowed")
+        if qualified not in SAFE_CATALOG and qualified not in rules.catalog_allow:
+            raise Refused(f"catalog relation {qualified} is not in the allow-list",
+                          hint="Add it to catalog.allow in the rules file if it holds "
+                               "no tenant data.", reason="catalog")
+        return
+    rule = rules.table(qualified)
+    if rule is None:
+        raise Refused(f'relation "{qualified}" is not in the rules file',
+                      hint="Unknown relations are refused; list it under tables: "
+                           "with a scope.", reason="unknown_relation")
+    if rule.scope == "deny":
+        raise Refused(f'access to relation "{qualified}" is denied by the rules file',
+                      reason="denied_relation")
+    if writes and not rule.writable:
+        raise Refused(f'relation "{qualified}" is read-only for tenants', reason="read_only",
+                      hint=f"Set writable: true on {qualified} in the rules file to allow "
+                           "writes.")
