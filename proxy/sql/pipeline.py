@@ -37,7 +37,7 @@ from proxy.sql.hooks import PassThrough, StatementHook
 from proxy.sql.normalize import MARKER, check_template, normalize, splice
 from proxy.sql.plan import IdentityAction, Plan, PlanCache
 from proxy.sql.results import ResultDecryptor
-from proxy.sql.rewrite import TENANT_SENTINEL
+from proxy.sql.splice import TENANT_SENTINEL
 from proxy.sql.sealing import SealedValue, placeholder
 from proxy.wire.fields import FieldReader, decode_text
 from proxy.wire.frontend import Bind, Close, Parse
@@ -763,5 +763,7 @@ def open_session(engine: Engine, role: str, params: dict[str, str]
         except InvalidToken as exc:
             raise InvalidAuthorization(exc.message) from exc
     options.append((TENANT_SETTING, session.startup_tenant or ""))
+    # Unqualified names must resolve upstream where the planner resolved them.
+    options.append(("search_path", "public"))
     upstream["options"] = _render_options(options)
     return session, upstream
