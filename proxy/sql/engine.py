@@ -23,6 +23,8 @@ from proxy.sql.plan import IdentityAction, Plan, SqlObject
 from proxy.sql.relations import classify
 from proxy.sql.scope import Reference, references
 from proxy.sql.sealing import Sealing, seal_statement
+from proxy.sql.sidechannels import check_show
+from proxy.sql.sidechannels import check_statement as check_side_channels
 from proxy.sql.splice import TENANT_SENTINEL, Splicer
 from proxy.sql.statements import (
     DATA_STATEMENTS,
@@ -116,6 +118,7 @@ def plan_data(stmt: Statement, rules: Rules) -> _Data:
     nodes = _checked_nodes(stmt)
     check_node_types(nodes)
     check_functions(nodes, rules)
+    check_side_channels(node, nodes)
     refs = references(node)
     for ref in refs:
         classify(rules, ref)
@@ -230,7 +233,10 @@ def _utility(stmt: Statement, rules: Rules) -> tuple[IdentityAction | None, list
     if isinstance(node, ast.VariableSetStmt):
         return _setting_plan(node, rules), []
     if isinstance(node, ast.VariableShowStmt):
-        return (IdentityAction("show") if node.name == TENANT_SETTING else None), []
+        if node.name == TENANT_SETTING:
+            return IdentityAction("show"), []
+        check_show(node)
+        return None, []
     if isinstance(node, (ast.ListenStmt, ast.NotifyStmt)):
         return None, [node.conditionname]
     if isinstance(node, (ast.UnlistenStmt, ast.DeallocateStmt, ast.ClosePortalStmt)):
