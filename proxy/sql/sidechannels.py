@@ -11,8 +11,9 @@ for a tenant prefix; a 32-bit tenant hash in the two-``int4`` forms collides
 between tenants (by the birthday bound, likely past ~77,000 tenants);
 ``pg_locks`` and lock waits show every key to every session; and, above all, a
 namespaced lock taken in a predicate still counts the rows the predicate runs
-on, which the proxy's scoping does not limit to the tenant's rows (class 8:
-quals are ordered by cost, the tenant filter is not a security barrier).
+on. Not even PostgreSQL's row-level security limits that to the tenant's rows: a
+volatile predicate that reads no column runs before the policy's qual
+(tests/test_attack_classes.py, test_class9_rls_alone_does_not_close_counting).
 
 ``nextval``/``setval`` have the same counting effect, so they may not appear
 where PostgreSQL evaluates them per candidate row (WHERE, JOIN ... ON, HAVING,
