@@ -606,7 +606,7 @@ class Generator:
                 name, shadow = target.name, target
                 self.use("cte-shadow-target", target.scope)
             elif r < 0.45:
-                shadow = self.pick([t for t in TABLES if t.schema == "public"])
+                shadow = self.pick([t for t in TABLES if t.schema != "information_schema"])
                 name = shadow.name
                 self.use("cte-shadow", shadow.scope)
             else:
@@ -909,7 +909,7 @@ class Generator:
         """Sometimes a WITH before UPDATE/DELETE, named like a table or the target."""
         if not self.chance(0.25):
             return ""
-        return self.with_clause(1, target=t if t.schema == "public" else None)
+        return self.with_clause(1, target=t if t.schema != "information_schema" else None)
 
     def finish(self, sql: str, kind: str, ordered: bool) -> Statement:
         lits = self.st.lits

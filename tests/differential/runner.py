@@ -36,7 +36,9 @@ from tests.harness import (
 from tests.rawclient import RawClient
 
 REFUSALS = ("42501", "0A000")
-#: Error classes that depend on the data a statement ran over.
+#: Error classes raised by evaluating expressions over rows (error oracles) ...
+EXPRESSION_ERRORS = ("22", "21")
+#: ... and with constraint violations, by running over a table RLS denies outright.
 DATA_ERRORS = ("22", "21", "23")
 LOST = "08006"
 SESSION = "SET TimeZone = 'UTC'; SET statement_timeout = '5s'; SET extra_float_digits = 1"
@@ -227,7 +229,7 @@ class Judge:
         if not proxy.ok:
             if proxy.sqlstate in REFUSALS:
                 return Verdict(MISMATCH, REFUSAL, "refused what RLS runs")
-            if error_class(proxy.sqlstate) in DATA_ERRORS and \
+            if error_class(proxy.sqlstate) in EXPRESSION_ERRORS and \
                     self._unscoped_fails_alike(stmt, params, proxy):
                 return Verdict(MISMATCH, LEAK, f"error oracle: failed ({proxy.sqlstate}) on "
                                                "rows RLS hides")
@@ -248,8 +250,9 @@ class Judge:
         if proxy.sqlstate in REFUSALS:
             return Verdict(REFUSED, None, f"refused ({proxy.sqlstate}) where RLS failed "
                                           f"({rls.sqlstate})")
-        if error_class(proxy.sqlstate) in DATA_ERRORS and \
-                self._unscoped_fails_alike(stmt, params, proxy):
+        denied = rls.message.startswith("permission denied")
+        if error_class(proxy.sqlstate) in (DATA_ERRORS if denied else EXPRESSION_ERRORS) \
+                and self._unscoped_fails_alike(stmt, params, proxy):
             return Verdict(MISMATCH, LEAK, f"error oracle: failed ({proxy.sqlstate}) on rows "
                                            f"RLS hides or denies (RLS: {rls.sqlstate})")
         return Verdict(MISMATCH, FIDELITY, f"different error ({rls.sqlstate} vs "
