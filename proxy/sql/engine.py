@@ -20,7 +20,7 @@ from proxy.sql.builtins import SAFE_SETTINGS
 from proxy.sql.copyin import CopyFormat
 from proxy.sql.facts import statement_facts
 from proxy.sql.plan import IdentityAction, Plan, SqlObject
-from proxy.sql.relations import classify
+from proxy.sql.relations import check_row_locks, classify
 from proxy.sql.scope import Reference, references
 from proxy.sql.sealing import Sealing, seal_statement
 from proxy.sql.sidechannels import check_show
@@ -122,6 +122,7 @@ def plan_data(stmt: Statement, rules: Rules) -> _Data:
     refs = references(node)
     for ref in refs:
         classify(rules, ref)
+    check_row_locks(rules, refs)
     if any(r.qualified == "pg_catalog.pg_class" and r.role == "read" for r in refs):
         check_pg_class(nodes)
     relations = [r.qualified for r in refs if r.role != "cte"]

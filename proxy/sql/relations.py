@@ -7,6 +7,8 @@ allow-list and writes to read-only tables are refused before any rewriting.
 
 from __future__ import annotations
 
+from pglast import ast
+
 from proxy.errors import Refused
 from proxy.policy.rules import Rules
 from proxy.sql.builtins import SAFE_CATALOG, SENSITIVE_CATALOG
@@ -47,3 +49,22 @@ def classify(rules: Rules, ref: Reference) -> None:
         raise Refused(f'relation "{qualified}" is read-only for tenants', reason="read_only",
                       hint=f"Set writable: true on {qualified} in the rules file to allow "
                            "writes.")
+
+
+def check_row_locks(rules: Rules, refs: list[Reference]) -> None:
+    """``FOR UPDATE``/``FOR SHARE`` lock rows every tenant shares unless the relation
+    is writable (PostgreSQL asks for UPDATE privilege for the same reason)."""
+    for ref in refs:
+        if ref.role != "read":
+            continue
+        select = next((n for n in reversed(ref.path) if isinstance(n, ast.SelectStmt)), None)
+        if select is None or not select.lockingClause:
+            continue
+        name = ref.node.alias.aliasname if ref.node.alias is not None else ref.node.relname
+        locked = any(not clause.lockedRels or name in {r.relname for r in clause.lockedRels}
+                     for clause in select.lockingClause)
+        rule = rules.table(ref.qualified)
+        if locked and (rule is None or not rule.writable):
+            raise Refused(f'locking rows of "{ref.qualified}" is not allowed: it is '
+                          "read-only for tenants", reason="read_only",
+                          hint="Name the writable tables to lock with FOR UPDATE OF.")

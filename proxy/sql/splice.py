@@ -73,7 +73,8 @@ def raise_expr(why: str, row_value: str) -> str:
     while planning, and shows nothing of it (``left(..., 0)``). The session
     turns the cast error into 42501, the error RLS gives.
     """
-    return f"((('tenant-proxy: {why}' || left(({row_value})::text, 0))::int) IS NULL)"
+    return (f"((('tenant-proxy: {why}' || left(coalesce(({row_value})::text, ''), 0))::int)"
+            " IS NULL)")
 
 
 def type_name(node: ast.TypeName) -> str:
@@ -378,8 +379,9 @@ class Splicer:
 
     def _guard_conflict(self, ref: Reference, rule: TableRule, lo: int, hi: int,
                         depth: int) -> None:
-        """The conflicting row is locked before any WHERE runs, so filtering it out
-        would leave another tenant's row locked: fail as RLS does instead."""
+        """A conflicting row of another tenant fails the statement, as under RLS, and
+        in RLS's order: PostgreSQL evaluates the DO UPDATE ... WHERE on the existing
+        row first (false: the row is skipped), then the policy (an error)."""
         toks = self.toks
         conflict = toks.find(["CONFLICT"], lo, hi, depth)
         do = toks.find(["DO"], conflict or lo, hi, depth)
@@ -393,14 +395,14 @@ class Splicer:
         where = toks.find(["WHERE"], do, hi, depth)
         returning = toks.find(["RETURNING"], where or do, hi, depth)
         stop = returning if returning is not None else hi
-        test = f"CASE WHEN {column} = {TENANT_SENTINEL} THEN "
+        guard = f"CASE WHEN {column} = {TENANT_SENTINEL} THEN true ELSE {fail} END"
         if where is not None:
-            self.insert(toks.start(where + 1), f"{test}(")
-            self.insert(toks.end(stop - 1), f") ELSE {fail} END")
+            self.insert(toks.start(where + 1), "CASE WHEN (")
+            self.insert(toks.end(stop - 1), f") THEN {guard} ELSE false END")
         elif returning is not None:
-            self.insert(toks.start(returning), f"WHERE {test}true ELSE {fail} END ")
+            self.insert(toks.start(returning), f"WHERE {guard} ")
         else:
-            self.insert(toks.end(hi - 1), f" WHERE {test}true ELSE {fail} END")
+            self.insert(toks.end(hi - 1), f" WHERE {guard}")
 
     # --- COPY --------------------------------------------------------------------------
 

@@ -163,6 +163,9 @@ def _verify_target(ref: Reference, column: str) -> None:
     conflict = writer.onConflictClause
     if conflict is not None and conflict.action == enums.OnConflictAction.ONCONFLICT_UPDATE:
         guard = conflict.whereClause
+        if isinstance(guard, ast.CaseExpr) and guard.args and isinstance(
+                guard.args[0].result, ast.CaseExpr):
+            guard = guard.args[0].result  # CASE WHEN <client's WHERE> THEN <guard> ...
         if not isinstance(guard, ast.CaseExpr) or not guard.args or \
                 not _is_predicate(guard.args[0].expr, name, column):
             _fail(f"ON CONFLICT DO UPDATE on {ref.qualified} is not guarded")
