@@ -102,12 +102,24 @@ def _sealed(stmt: Statement, kind: type[ast.Node], rules: Rules
     return again, sealing
 
 
+_RESERVED = "__tenant_proxy_"
+
+
+def _check_reserved(stmt: Statement) -> None:
+    """The names the rewriter writes (the tenant sentinel, sealed placeholders) are
+    the client's in no spelling: not in the text, in any case, nor in any name or
+    string the parser decoded (U&"..." escapes included)."""
+    if _RESERVED in stmt.text.lower() or any(
+            isinstance(n, ast.String) and n.sval.lower().startswith(_RESERVED)
+            for n in stmt.nodes):
+        raise Refused(f"statements may not contain names starting with {_RESERVED}",
+                      hint="They are reserved for the proxy's own rewriting.")
+
+
 def plan_data(stmt: Statement, rules: Rules) -> _Data:
     """Check and scope one data statement (SELECT, INSERT, UPDATE, DELETE, COPY,
     or SQL PREPARE/DECLARE of one): classify every relation reference, then splice
     the tenant in where it is read or written."""
-    if TENANT_SENTINEL in stmt.text:
-        raise Refused(f"statements may not contain the reserved word {TENANT_SENTINEL}")
     node = stmt.node
     if isinstance(node, ast.SelectStmt) and node.intoClause is not None:
         raise Refused("SELECT INTO creates a table; DDL is not allowed",
@@ -391,6 +403,7 @@ def _plan_statements(statements: list[Statement], kinds: tuple[str, ...], rules:
     sql_object: SqlObject | None = None
     sealing: Sealing | None = None
     for stmt in statements:
+        _check_reserved(stmt)
         if rules.sql_prepare and stmt.kind in _SQL_OBJECT_STATEMENTS:
             if len(statements) > 1:
                 raise Refused(f"{stmt.kind.removesuffix('Stmt').upper()} must be sent on its "

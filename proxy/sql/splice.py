@@ -145,8 +145,10 @@ class Splicer:
             last += 1  # the legacy ``table *``
         schema, name = ref.qualified.split(".", 1)
         alias = "" if node.alias is not None else f" AS {ident(node.relname)}"
-        self.replace(toks.start(first), toks.end(last), self.wrapper(schema, name, rule,
-                                                                     node.inh) + alias)
+        scoped = self.wrapper(schema, name, rule, node.inh) + alias
+        if toks.name(first - 1) == "TABLE":  # TABLE t is SELECT * FROM t
+            first, scoped = first - 1, f"SELECT * FROM {scoped}"
+        self.replace(toks.start(first), toks.end(last), scoped)
         self.out.needs_tenant = True
         if node.alias is None and node.schemaname is not None:
             self._unqualify_columns(node.schemaname, node.relname)
