@@ -17,7 +17,6 @@ from proxy.sql.splice import TENANT_SENTINEL
 from proxy.sql.tokens import Tokens
 from proxy.sql.verify import VerificationFailed, verify
 
-
 RULES = parse_rules("""
 version: 1
 tenant: {column: tenant_id, type: integer}
