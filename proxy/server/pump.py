@@ -98,8 +98,9 @@ class Pump:
         except PgError as exc:
             self._finish(exc)
             return
-        if out.to_client:
-            self.client.writelines(out.to_client)
+        self._send(out)  # held client messages and CopyFail may go upstream too
+        if out.terminate:
+            self._finish(None)
 
     def _send(self, out: Output) -> None:
         if out.to_client:

@@ -60,9 +60,22 @@ class StatementHook(Protocol):
     def server_error(self, sqlstate: str) -> None:
         """An ErrorResponse from the server (refusals are not reported here)."""
 
+    def answered(self, kind: int) -> None:
+        """The server answered a message: ParseComplete, BindComplete, CloseComplete,
+        or the end of an execution (CommandComplete, EmptyQueryResponse, PortalSuspended)."""
+
+    def failed(self) -> None:
+        """An ErrorResponse (refusals included): the server skips the rest up to Sync."""
+
     @property
-    def copying(self) -> bool:
-        """True while COPY ... FROM STDIN rows must pass through ``copy_data``."""
+    def executing(self) -> bool:
+        """True while a Query or Execute sent upstream is unanswered (it may start a COPY)."""
+
+    #: True while the server is in COPY FROM STDIN: client rows go through ``copy_data``.
+    copying: bool
+
+    def copy_begin(self) -> None:
+        """A CopyInResponse for the statement running now; raise to fail the COPY."""
 
     def copy_data(self, data: bytes) -> bytes:
         """The CopyData payload to forward instead of ``data``; raise to refuse."""
@@ -105,6 +118,17 @@ class PassThrough:
 
     def notification_allowed(self, channel: str) -> bool:
         return True
+
+    def answered(self, kind: int) -> None:
+        return None
+
+    def failed(self) -> None:
+        return None
+
+    executing = False
+
+    def copy_begin(self) -> None:
+        return None
 
     def completed(self, rows: int) -> None:
         return None

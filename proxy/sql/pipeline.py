@@ -30,15 +30,27 @@ from proxy.policy.rules import Rules, UserRule
 from proxy.policy.tokens import TokenError, TokenVerifier
 from proxy.sql.activity import SessionActivity
 from proxy.sql.builtins import SAFE_SETTINGS
-from proxy.sql.copyin import CopyIn
+from proxy.sql.copyin import CopyFormat, CopyIn
 from proxy.sql.engine import TENANT_SETTING, plan_statement
 from proxy.sql.facts import STATEMENT_KINDS
 from proxy.sql.hooks import PassThrough, StatementHook
+from proxy.sql.namespace import (
+    BOUND,
+    CLOSED,
+    EXECUTED,
+    PARSED,
+    QUERY,
+    Names,
+    Portal,
+    Prepared,
+    Step,
+    Steps,
+)
 from proxy.sql.normalize import MARKER, check_template, normalize, splice
-from proxy.sql.plan import IdentityAction, Plan, PlanCache
+from proxy.sql.plan import IdentityAction, Plan, PlanCache, SqlObject
 from proxy.sql.results import ResultDecryptor
-from proxy.sql.splice import TENANT_SENTINEL
 from proxy.sql.sealing import SealedValue, placeholder
+from proxy.sql.splice import TENANT_SENTINEL
 from proxy.wire.fields import FieldReader, decode_text
 from proxy.wire.frontend import Bind, Close, Parse
 
@@ -172,18 +184,6 @@ def _template_plan(key: str, rules: Rules) -> Plan:
 
 
 @dataclass
-class _Prepared:
-    tenant: str | None
-    params: frozenset[int]
-    #: The client's Parse, to prepare the statement again for another tenant.
-    parse: Parse | None = None
-    #: Parameters of encrypted columns, sealed at Bind.
-    sealed: dict[int, SealedValue] = field(default_factory=dict)
-    #: Whether it touches a table with encrypted columns (its rows may need decrypting).
-    encrypted: bool = False
-
-
-@dataclass
 class TenantSession:
     engine: Engine
     role: str
@@ -193,16 +193,18 @@ class TenantSession:
     local_tenant: str | None = None
     #: ReadyForQuery sequence number after which the SET LOCAL tenant ends.
     local_until: int | None = None
-    statements: dict[str, _Prepared] = field(default_factory=dict)
-    portals: dict[str, str | None] = field(default_factory=dict)
-    #: SQL-level PREPARE names and DECLAREd cursors (tenant, WITH HOLD).
-    sql_prepared: dict[str, _Prepared] = field(default_factory=dict)
-    cursors: dict[str, tuple[str | None, bool]] = field(default_factory=dict)
+    #: One namespace for SQL PREPARE and protocol Parse, one for cursors and portals,
+    #: as in PostgreSQL; both settled by the server's answers (``steps``).
+    statements: Names[Prepared] = field(default_factory=Names)
+    portals: Names[Portal] = field(default_factory=Names)
+    steps: Steps = field(default_factory=Steps)
     #: Set by the relay before each call: the number of the ReadyForQuery that
     #: will answer the message being inspected.
     rfq_due: int = 0
     inspects: bool = True
     scoped: bool = True
+    #: While the server is in COPY FROM STDIN: its rows' checker (None: rows go as sent).
+    copying: bool = False
     copy: CopyIn | None = None
     activity: SessionActivity = field(default_factory=SessionActivity)
     #: Decrypts result rows; None when no column is encrypted.
@@ -217,12 +219,11 @@ class TenantSession:
                                            self._sealed_columns, self._encrypted)
 
     def _encrypted(self, name: str) -> bool:
-        prepared = self.statements.get(name)
-        return prepared is not None and prepared.encrypted
+        return any(p.encrypted for p in self.statements.get(name))
 
     def _sealed_columns(self, name: str) -> dict[int, Any]:
-        prepared = self.statements.get(name)
-        return {n: s.column for n, s in prepared.sealed.items()} if prepared else {}
+        entries = self.statements.get(name)
+        return {n: s.column for n, s in entries[-1].sealed.items()} if entries else {}
 
     @property
     def current(self) -> str | None:
@@ -243,10 +244,15 @@ class TenantSession:
         try:
             plan, literals = self.engine.plan_query(sql)
             new_sql = self._apply(plan, literals)
+            step = Step(self.rfq_due, QUERY, copies="CopyStmt" in plan.kinds,
+                        copy_in=plan.copy_in, tenant=self.current)
+            if plan.sql_object is not None:
+                self._sql_object(plan.sql_object, self._inner(plan), step)
         except PgError as exc:
             self._count(plan, "refused", exc, start, sql)
             raise
         self._count(plan, "forwarded" if new_sql is None else "rewritten", None, start, sql)
+        self.steps.add(step)
         return new_sql
 
     def parse(self, message: Parse) -> Parse | None:
@@ -261,9 +267,11 @@ class TenantSession:
         self._count(plan, "forwarded" if new_sql is None else "rewritten", None, start,
                     message.sql)
         sealed = dict(plan.sealing.params) if plan.sealing is not None else {}
-        self.statements[message.name] = _Prepared(
-            self.current if plan.needs_tenant else None, plan.tenant_params, message, sealed,
-            encrypted=plan.sealing is not None)
+        prepared = Prepared(self.current if plan.needs_tenant else None, plan.tenant_params,
+                            message, sealed, encrypted=plan.sealing is not None,
+                            copies="CopyStmt" in plan.kinds, copy_in=plan.copy_in,
+                            sql_object=plan.sql_object, prepares=self._inner(plan))
+        self._define(self.statements, message.name, prepared, PARSED)
         types = message.param_types
         if plan.sealing is not None:
             # The server types these parameters as bytea (or bytea[]): the client's
@@ -321,36 +329,41 @@ class TenantSession:
         statement_end = body.index(b"\0", portal_end + 1)
         portal = decode_text(body[:portal_end])
         name = decode_text(body[portal_end + 1:statement_end])
-        prepared = self.statements.get(name)
+        entries = self._named(name, self.rfq_due)
         current = self.current
-        self.portals[portal] = current if prepared is None or prepared.tenant else None
-        if prepared is None or prepared.tenant is None:
-            return None
         injected: list[Close | Parse | Bind] | None = None
-        if prepared.tenant != current:
+        if len(entries) == 1 and entries[0].tenant not in (None, current):
+            prepared = entries[0]
             if prepared.parse is None:
                 raise Refused(f'prepared statement "{name}" was prepared for another tenant',
                               hint="Prepare it again after switching tenant.")
+            self._close_step("S", name)
             again = self.parse(prepared.parse)
-            prepared = self.statements[name]
-            injected = [Close("S", name), again or prepared.parse]  # type: ignore[list-item]
-        if not prepared.sealed and not prepared.params:
+            injected = [Close("S", name), again or prepared.parse]
+            entries = self.statements.get(name, self.rfq_due)
+        self._owned(entries, f'prepared statement "{name}"')
+        prepared = entries[-1]
+        owner = current if any(p.tenant is not None for p in entries) else None
+        self._define(self.portals, portal, Portal(owner, prepared), BOUND)
+        if not any(p.sealed or p.params for p in entries):
             return injected  # nothing in the values to check: no need to decode them
         message = Bind.decode(FieldReader(body, "Bind"))
         if prepared.sealed:
+            if len(entries) > 1:
+                raise Refused(f'prepared statement "{name}" is being prepared again; bind it '
+                              "after the server has answered", reason="encrypted_column")
             message = self._seal_bind(message, prepared)
             injected = [*(injected or []), message]  # the last one replaces the Bind
-        if prepared.tenant is not None:
-            for number in prepared.params:
-                if number > len(message.params):
-                    continue  # PostgreSQL itself rejects the parameter count
-                value = message.params[number - 1]
-                if not self._param_is_tenant(value, message.param_format(number - 1)):
-                    raise Refused(f"parameter ${number} is not this session's tenant",
-                                  hint="Rows cannot be written for another tenant.")
+        for number in sorted({n for p in entries if p.tenant is not None for n in p.params}):
+            if number > len(message.params):
+                continue  # PostgreSQL itself rejects the parameter count
+            value = message.params[number - 1]
+            if not self._param_is_tenant(value, message.param_format(number - 1)):
+                raise Refused(f"parameter ${number} is not this session's tenant",
+                              hint="Rows cannot be written for another tenant.")
         return injected
 
-    def _seal_bind(self, message: Bind, prepared: _Prepared) -> Bind:
+    def _seal_bind(self, message: Bind, prepared: Prepared) -> Bind:
         """The Bind with encrypted columns' parameters sealed (all sent in binary)."""
         tenant = self.current
         crypto = self._crypto(tenant)
@@ -369,23 +382,48 @@ class TenantSession:
                     message.result_formats)
 
     def execute(self, body: bytes) -> None:
-        portal = decode_text(body[:body.index(b"\0")])
-        tenant = self.portals.get(portal)
-        if tenant is not None and tenant != self.current:
-            raise Refused(f'portal "{portal}" was opened for another tenant')
+        name = decode_text(body[:body.index(b"\0")])
+        portals = self.portals.get(name, self.rfq_due)
+        if not portals:
+            raise _missing("portal", name)
+        self._owned(portals, f'portal "{name}"')
+        statements = [p.statement for p in portals if p.statement is not None]
+        copies = [p for p in statements if p.copies]
+        if len({id(p.copy_in) for p in copies}) > 1:
+            raise Refused(f'portal "{name}" is being bound again; execute it after the '
+                          "server has answered")
+        step = Step(self.rfq_due, EXECUTED[0], copies=bool(copies),
+                    copy_in=copies[0].copy_in if copies else None, tenant=self.current)
+        for statement in statements:
+            if statement.sql_object is not None:
+                self._sql_object(statement.sql_object, statement.prepares, step)
+        self.steps.add(step)
 
     def close(self, body: bytes) -> None:
         message = Close.decode(FieldReader(body, "Close"))
-        (self.statements if message.kind == "S" else self.portals).pop(message.name, None)
+        self._close_step(message.kind, message.name)
 
     def ready(self, status: bytes, number: int) -> None:
+        self.steps.ready(number)
+        self._copy_stop()
         if status == b"I":
-            if self.portals:
-                self.portals.clear()
-            if self.cursors:
-                self.cursors = {k: v for k, v in self.cursors.items() if v[1]}
+            if len(self.portals):
+                self.portals.clear(keep=lambda p: p.hold)
             if self.local_until is not None and number >= self.local_until:
                 self.local_until = self.local_tenant = None
+
+    def answered(self, kind: int) -> None:
+        if kind in EXECUTED:
+            self._copy_stop()
+        self.steps.answered(kind)
+
+    def failed(self) -> None:
+        self._copy_stop()
+        self.steps.error()
+
+    @property
+    def executing(self) -> bool:
+        return self.steps.executing
 
     def notification_allowed(self, channel: str) -> bool:
         return self.engine.rules.channel_allowed(channel, self.current)
@@ -396,20 +434,122 @@ class TenantSession:
     def server_error(self, sqlstate: str) -> None:
         self.activity.error()
 
-    @property
-    def copying(self) -> bool:
-        return self.copy is not None
+    def copy_begin(self) -> None:
+        """The server entered COPY FROM STDIN for the statement it runs now: rows are
+        checked as that statement's plan says; a COPY nothing planned is refused."""
+        step = self.steps.running()
+        if step is None or not step.copies:
+            raise Refused("COPY FROM STDIN of a statement tenant-proxy did not plan as one",
+                          reason="copy_unplanned")
+        self.copying = True
+        if step.copy_in is not None:
+            self.copy = self._copy_in(step.copy_in, step.tenant)
 
     def copy_data(self, data: bytes) -> bytes:
-        assert self.copy is not None
-        return self.copy.feed(data)
+        return data if self.copy is None else self.copy.feed(data)
 
     def copy_done(self) -> bytes:
-        assert self.copy is not None
-        return self.copy.finish()
+        return b"" if self.copy is None else self.copy.finish()
 
     def copy_end(self) -> None:
-        self.copy = None
+        self._copy_stop()
+
+    def _copy_stop(self) -> None:
+        self.copying, self.copy = False, None
+
+    def _copy_in(self, fmt: CopyFormat, tenant: str | None) -> CopyIn:
+        if tenant is None:
+            raise Refused("no tenant is set for this session", hint=_NO_TENANT_HINT,
+                          reason="no_tenant")
+        seal = None
+        if fmt.sealed:
+            seal = functools.partial(self._crypto(tenant).seal_copy_field, tenant)
+        return CopyIn(fmt, tenant, seal=seal,
+                      quote_tenant=self.engine.rules.tenant_type not in ("bigint", "integer"))
+
+    # --- names -----------------------------------------------------------------------
+
+    def _named(self, name: str, due: int) -> list[Prepared]:
+        entries = self.statements.get(name, due)
+        if not entries:
+            raise _missing("prepared statement", name)
+        return entries
+
+    def _owned(self, entries: list[Prepared] | list[Portal], what: str) -> None:
+        current = self.current
+        if any(e.tenant is not None and e.tenant != current for e in entries):
+            raise Refused(f"{what} was opened for another tenant",
+                          hint="Prepare or open it again after switching tenant.")
+
+    def _define(self, names: Names[Any], name: str, entry: Any, kind: int) -> None:
+        """A protocol Parse or Bind sent: the name is settled by its answer."""
+        names.define(name, entry, self.rfq_due)
+        self.steps.add(Step(self.rfq_due, kind, functools.partial(names.confirm, name, entry),
+                            functools.partial(names.fail, name, entry)))
+
+    def _close_step(self, kind: str, name: str) -> None:
+        names: Names[Any] = self.statements if kind == "S" else self.portals
+        self.steps.add(Step(self.rfq_due, CLOSED, functools.partial(names.remove, name)))
+
+    def _inner(self, plan: Plan) -> Prepared | None:
+        """What a SQL PREPARE of this plan leaves in the namespace."""
+        obj = plan.sql_object
+        if obj is None or obj.verb != "prepare":
+            return None
+        return Prepared(self.current if plan.needs_tenant else None, plan.tenant_params)
+
+    def _sql_object(self, obj: SqlObject, inner: Prepared | None, step: Step) -> None:
+        """Check a SQL PREPARE, EXECUTE, DECLARE, FETCH, CLOSE or DEALLOCATE about to
+        run, and attach what it does to the namespaces to ``step``, which the server's
+        answer settles."""
+        if obj.verb == "prepare" and obj.name is not None and inner is not None:
+            self._pending(self.statements, obj.name, inner, step)
+        elif obj.verb == "declare" and obj.name is not None:
+            cursor = Portal(self.current if inner is None or inner.tenant else None,
+                            hold=obj.hold)
+            self._pending(self.portals, obj.name, cursor, step)
+        elif obj.verb == "execute" and obj.name is not None:
+            self._execute_sql(obj, step)
+        elif obj.verb in ("fetch", "close") and obj.name is not None:
+            cursors = self.portals.get(obj.name, step.due)
+            if not cursors:
+                raise _missing("cursor", obj.name)
+            self._owned(cursors, f'cursor "{obj.name}"')
+            if obj.verb == "close":
+                step.done = functools.partial(self.portals.remove, obj.name)
+        elif obj.verb == "close":
+            step.done = functools.partial(self.portals.remove_all)
+        elif obj.verb == "deallocate":
+            names = self.statements
+            step.done = functools.partial(names.remove_all) if obj.name is None else \
+                functools.partial(names.remove, obj.name)
+
+    def _pending(self, names: Names[Any], name: str, entry: Any, step: Step) -> None:
+        names.define(name, entry, step.due)
+        step.done = functools.partial(names.confirm, name, entry)
+        step.failed = functools.partial(names.fail, name, entry)
+
+    def _execute_sql(self, obj: SqlObject, step: Step) -> None:
+        """SQL EXECUTE: the checks of every statement the name may stand for."""
+        assert obj.name is not None
+        entries = self._named(obj.name, step.due)
+        self._owned(entries, f'prepared statement "{obj.name}"')
+        tenant = self.current
+        for prepared in entries:
+            if prepared.encrypted:
+                raise Unsupported(f'prepared statement "{obj.name}" uses encrypted columns; '
+                                  "execute it through the protocol (Bind), not EXECUTE",
+                                  reason="encrypted_column")
+            if prepared.tenant is None:
+                continue
+            for number in prepared.params:
+                arg = obj.args[number - 1] if number <= len(obj.args) else None
+                if arg is None or not self._literal_is_tenant(arg, tenant):
+                    raise Refused(f"parameter ${number} is not this session's tenant",
+                                  hint="Rows cannot be written for another tenant.")
+        copies = [p for p in entries if p.copies]
+        step.copies = bool(copies)
+        step.copy_in = copies[0].copy_in if copies else None
 
     # --- plans ---------------------------------------------------------------------
 
@@ -452,17 +592,6 @@ class TenantSession:
                               reason="channel",
                               hint="Channel names start with "
                                    f"{rules.channel_prefix.format(tenant='<tenant>')}.")
-        if plan.sql_object is not None:
-            self._sql_object(plan, tenant)
-        self.copy = None
-        if plan.copy_in is not None and tenant is not None:
-            seal = None
-            if plan.copy_in.sealed:
-                crypto = self._crypto(tenant)
-                seal = functools.partial(crypto.seal_copy_field, tenant)
-            self.copy = CopyIn(plan.copy_in, tenant,
-                               quote_tenant=rules.tenant_type not in ("bigint", "integer"),
-                               seal=seal)
         tenant_sql = rules.tenant_literal(tenant) if tenant is not None else "NULL"
         sealing = plan.sealing
         if plan.template is not None and literals is not None:
@@ -499,38 +628,6 @@ class TenantSession:
                 out[number - 1] = crypto.seal_literal(tenant, value.column, value.search,
                                                       _sealable_literal(text))
         return tuple(out)
-
-    def _sql_object(self, plan: Plan, tenant: str | None) -> None:
-        obj = plan.sql_object
-        assert obj is not None
-        bound = tenant if plan.needs_tenant else None
-        if obj.verb == "prepare" and obj.name is not None:
-            self.sql_prepared[obj.name] = _Prepared(bound, plan.tenant_params)
-        elif obj.verb == "declare" and obj.name is not None:
-            self.cursors[obj.name] = (bound, obj.hold)
-        elif obj.verb == "execute" and obj.name in self.sql_prepared:
-            prepared = self.sql_prepared[obj.name]
-            if prepared.tenant is not None and prepared.tenant != tenant:
-                raise Refused(f'prepared statement "{obj.name}" was prepared for another '
-                              "tenant", hint="PREPARE it again after switching tenant.")
-            for number in prepared.params:
-                arg = obj.args[number - 1] if number <= len(obj.args) else None
-                if arg is None or not self._literal_is_tenant(arg, tenant):
-                    raise Refused(f"parameter ${number} is not this session's tenant",
-                                  hint="Rows cannot be written for another tenant.")
-        elif obj.verb in ("fetch", "close") and obj.name in self.cursors:
-            owner = self.cursors[obj.name][0]
-            if owner is not None and owner != tenant:
-                raise Refused(f'cursor "{obj.name}" was opened for another tenant')
-            if obj.verb == "close":
-                del self.cursors[obj.name]
-        elif obj.verb == "close" and obj.name is None:
-            self.cursors.clear()
-        elif obj.verb == "deallocate":
-            if obj.name is None:
-                self.sql_prepared.clear()
-            else:
-                self.sql_prepared.pop(obj.name, None)
 
     def _literal_is_tenant(self, literal: str, tenant: str | None) -> bool:
         if tenant is None:
@@ -601,6 +698,22 @@ class TenantSession:
             self.local_until = None
             raise InvalidToken(f"invalid tenant token: {exc}",
                                hint="The session now has no tenant.") from exc
+
+
+class _NoStatement(PgError):
+    sqlstate = "26000"
+    default_reason = "missing_name"
+
+
+class _NoPortal(PgError):
+    sqlstate = "34000"
+    default_reason = "missing_name"
+
+
+def _missing(what: str, name: str) -> PgError:
+    """PostgreSQL's error for a name it does not hold (or the proxy cannot vouch for)."""
+    kind = _NoStatement if what == "prepared statement" else _NoPortal
+    return kind(f'{what} "{name}" does not exist')
 
 
 def _fingerprint(text: str) -> str:

@@ -230,6 +230,30 @@ class NoticeResponse(_Fields):
     type_code: ClassVar[bytes] = b"N"
 
 
+#: The cast error a rewritten statement's tenant guard raises (proxy.sql.splice.raise_expr).
+GUARD_PREFIX = 'invalid input syntax for type integer: "tenant-proxy: '
+#: Why a guard fails, as the rewriter words it; anything else gets a generic message.
+GUARD_REASONS = frozenset({"the conflicting row belongs to another tenant",
+                           "a new row belongs to another tenant"})
+
+
+def guard_error(fields: dict[str, str]) -> dict[str, str] | None:
+    """The error row-level security gives (42501) in place of a tenant guard's cast
+    error; None for every other error. Only the proxy's own wording is kept: nothing
+    of the row (position, context, detail) reaches the client."""
+    message = fields.get("M", "")
+    if fields.get("C") != "22P02" or not message.startswith(GUARD_PREFIX):
+        return None
+    why = message[len(GUARD_PREFIX):].removesuffix('"')
+    out = {code: fields[code] for code in ("S", "V") if code in fields}
+    out.update(C="42501",
+               M=f"new row violates row-level security policy: "
+                 f"{why if why in GUARD_REASONS else 'a row belongs to another tenant'}",
+               H="tenant-proxy keeps each tenant's rows apart; rows of another tenant can "
+                 "be neither read nor written.")
+    return out
+
+
 @dataclass(frozen=True, slots=True)
 class FunctionCallResponse:
     type_code: ClassVar[bytes] = b"V"

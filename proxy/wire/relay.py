@@ -26,7 +26,12 @@ from dataclasses import dataclass, field
 from proxy.errors import ConnectionFailure, PgError, ProtocolViolation, Unsupported
 from proxy.sql.hooks import PassThrough, StatementHook
 from proxy.sql.results import BACKEND_KINDS
-from proxy.wire.backend import ErrorResponse, NotificationResponse, ParameterStatus
+from proxy.wire.backend import (
+    ErrorResponse,
+    NotificationResponse,
+    ParameterStatus,
+    guard_error,
+)
 from proxy.wire.fields import FieldReader, decode_text, encode_text
 from proxy.wire.framing import Frames, MessageFramer
 from proxy.wire.frontend import (
@@ -37,6 +42,7 @@ from proxy.wire.frontend import (
     CopyDone,
     CopyFail,
     Execute,
+    Flush,
     Parse,
     Query,
 )
@@ -47,6 +53,11 @@ _COPY_DATA, _COPY_DONE, _COPY_FAIL = b"d"[0], b"c"[0], b"f"[0]
 _LENGTH = struct.Struct("!i")
 _Z, _ERROR, _NOTIFICATION, _STATUS = b"Z"[0], b"E"[0], b"A"[0], b"S"[0]
 _COMMAND_COMPLETE, _PARSE_COMPLETE, _CLOSE_COMPLETE = b"C"[0], b"1"[0], b"3"[0]
+_COPY_IN_RESPONSE = b"G"[0]
+_COPY_KINDS = (_COPY_DATA, _COPY_DONE, _COPY_FAIL)
+#: Answers that settle a statement's or portal's state (see proxy.sql.namespace).
+_ANSWERS = frozenset(b"123CIs")
+_FLUSH = Flush().encode()
 
 
 @dataclass(slots=True)
@@ -101,6 +112,9 @@ class Relay:
         self.upstream_fatal = False
         #: The client sent Terminate: the upstream closing is expected, not a failure.
         self.terminating = False
+        #: Client messages wait in the framer until the server says whether the
+        #: statement it runs starts a COPY (CopyData sent ahead of CopyInResponse).
+        self._holding = False
 
     @property
     def busy(self) -> bool:
@@ -120,21 +134,37 @@ class Relay:
     def from_client(self, data: bytes) -> Output:
         self._client.feed(data)
         out = Output()
+        if not self._holding:
+            self._from_client(out)
+        return out
+
+    def _from_client(self, out: Output) -> None:
         frames = self._client.take()
         if frames is None:
-            return out
-        inspects = self._hook.inspects
+            return
+        hook = self._hook
+        inspects = hook.inspects
         plain_from = end = 0
         for span in frames.spans:
             kind, end = span[0], span[2]
             if kind not in FRONTEND_DECODERS or kind == _PASSWORD:
                 raise ProtocolViolation(f"invalid frontend message type {bytes((kind,))!r}")
+            if inspects and hook.copying and kind not in _COPY_KINDS:
+                if kind != _S and kind != b"H"[0]:
+                    raise ProtocolViolation(f"unexpected message type {bytes((kind,))!r} "
+                                            "during COPY from stdin")
+                continue  # the server ignores Sync and Flush during COPY
+            if inspects and kind in _COPY_KINDS and not hook.copying and hook.executing:
+                self._hold(frames, span[1])
+                end = span[1]
+                out.to_upstream.append(_FLUSH)  # so the server answers what it runs now
+                break
             if kind in (_S, _Q, _F):
                 self.pending += 1
                 self.sent += 1
                 if self._on_ready is not None:
                     self._sent_at.append(self._clock())
-            results = self._hook.results
+            results = hook.results
             if results is not None:
                 if kind == _DESCRIBE:
                     results.describe(frames.body(span))
@@ -155,8 +185,7 @@ class Relay:
                 elif kind == _CLOSE:
                     self._close_answers.append((self.sent, False))
                 replacement = self._inspect(frames, span)
-            elif inspects and kind in (_COPY_DATA, _COPY_DONE, _COPY_FAIL) and \
-                    self._hook.copying:
+            elif inspects and kind in _COPY_KINDS and hook.copying:
                 replacement = self._copy(kind, frames.body(span))
             if replacement is not None:
                 if span[1] > plain_from:
@@ -167,7 +196,19 @@ class Relay:
                 break
         if end > plain_from:
             out.to_upstream.append(frames.data[plain_from:end])
-        return out
+
+    def _hold(self, frames: Frames, start: int) -> None:
+        """Put the client's messages from ``start`` on back in front of the framer."""
+        rest = self._client.rest()
+        self._client.feed(frames.data[start:] + rest)
+        self._holding = True
+
+    def _release(self, out: Output) -> None:
+        """Held client messages go on once the server is in COPY or runs nothing."""
+        hook = self._hook
+        if self._holding and (hook.copying or not hook.executing):
+            self._holding = False
+            self._from_client(out)
 
     def _inspect(self, frames: Frames, span: tuple[int, int, int]) -> bytes | None:
         kind, body = span[0], frames.body(span)
@@ -195,6 +236,7 @@ class Relay:
                 return self._refuse(exc, Parse, parse.name)
             return None if new_parse is None else new_parse.encode()
         results = hook.results
+        hook.rfq_due = self.sent + 1
         try:
             if kind == _B:
                 injected = hook.bind(body)
@@ -257,10 +299,7 @@ class Relay:
                 return (CopyData(tail).encode() if tail else b"") + CopyDone().encode()
         except PgError as exc:
             hook.copy_end()
-            self._seq += 1
-            marker = f"{self._marker}{self._seq}"
-            self._refusals[marker] = exc
-            return CopyFail(marker).encode()
+            return CopyFail(self._marked(exc)).encode()
         hook.copy_end()
         return CopyFail(CopyFail.decode(FieldReader(body, "CopyFail")).reason).encode()
 
@@ -271,9 +310,7 @@ class Relay:
         names it as a prepared statement and Execute as a portal that do not
         exist, so the server's error message contains it either way.
         """
-        self._seq += 1
-        marker = f"{self._marker}{self._seq}"
-        self._refusals[marker] = error
+        marker = self._marked(error)
         if carrier is Query:
             return Query(marker).encode()
         if carrier is Parse:
@@ -281,6 +318,13 @@ class Relay:
         if carrier is Bind:
             return Bind("", marker).encode()
         return Execute(marker, 0).encode()
+
+    def _marked(self, error: PgError) -> str:
+        """A new marker standing for ``error`` in the server's answer."""
+        self._seq += 1
+        marker = f"{self._marker}{self._seq}"
+        self._refusals[marker] = error
+        return marker
 
     # --- upstream -> client -------------------------------------------------
 
@@ -291,9 +335,15 @@ class Relay:
         if frames is None:
             return out
         plain_from = 0
-        results = self._hook.results
+        hook = self._hook
+        results = hook.results
         for kind, start, end in frames.spans:
             replacement: bytes | None = None
+            if hook.inspects:
+                if kind in _ANSWERS:
+                    hook.answered(kind)
+                elif kind == _COPY_IN_RESPONSE:
+                    self._copy_begin(out)
             if results is not None and kind in BACKEND_KINDS:
                 replacement = results.backend(kind, frames.data[start + 5:end])
             if kind == _Z:
@@ -319,6 +369,8 @@ class Relay:
                 self._hook.completed(int(count) if count.isdigit() and len(count) < 20 else 0)
             elif kind == _ERROR:
                 replacement = self._error(frames.data[start + 5:end])
+                if hook.inspects:
+                    hook.failed()
             elif kind == _STATUS and self._hook.scoped:
                 status = ParameterStatus.decode(FieldReader(frames.data[start + 5:end],
                                                             "ParameterStatus"))
@@ -338,16 +390,29 @@ class Relay:
                 plain_from = end
         if plain_from < len(frames.data):
             out.to_client.append(frames.data[plain_from:])
+        self._release(out)
         return out
 
+    def _copy_begin(self, out: Output) -> None:
+        """CopyInResponse: the statement's rows are checked from here on; a COPY the
+        hook has no checker for is failed at once (the client's rows are dropped by
+        the server, and its error is the refusal)."""
+        try:
+            self._hook.copy_begin()
+        except PgError as exc:
+            self._hook.copy_end()
+            out.to_upstream.append(CopyFail(self._marked(exc)).encode())
+
     def _error(self, body: bytes) -> bytes | None:
-        """Swap a refusal marker's syntax error for the refusal; note FATALs."""
+        """Swap a refusal marker's syntax error for the refusal, and a tenant guard's cast
+        error for the 42501 row-level security gives; note FATALs."""
         if self._marker.encode() not in body:
             fields = ErrorResponse.decode(FieldReader(body, "ErrorResponse")).fields
             if fields.get("V", fields.get("S")) in ("FATAL", "PANIC"):
                 self.upstream_fatal = True
             self._hook.server_error(fields.get("C", ""))
-            return None
+            translated = guard_error(fields) if self._hook.scoped else None
+            return None if translated is None else ErrorResponse(translated).encode()
         message = ErrorResponse.decode(FieldReader(body, "ErrorResponse")).message
         start = message.find(self._marker)
         end = start + len(self._marker)
