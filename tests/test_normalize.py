@@ -1,8 +1,8 @@
 """Tests for proxy.sql.normalize: literal normalization for the simple-query plan cache.
 
 Ground truth is PostgreSQL's own lexer and parser as shipped in pglast (``pglast.parser.scan``,
-``split``, ``parse_sql_json``, ``fingerprint``); sqlglot's postgres tokenizer is a second
-opinion.  No database is needed.
+``split``, ``parse_sql_json``, ``fingerprint``), the only reader the planner uses.  No
+database is needed.
 """
 
 from __future__ import annotations
@@ -14,11 +14,9 @@ from dataclasses import dataclass
 
 import pglast
 import pytest
-import sqlglot
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pglast import parser as pgparser
-from sqlglot.tokens import TokenType
 
 from proxy.sql import normalize as nz
 from proxy.sql.normalize import MARKER, Normalized, check_template, normalize, splice
@@ -815,87 +813,6 @@ def test_grammar_literals_match_postgres_lexer(g: Generated) -> None:
     assert result is not None, g.sql
     assert list(result.literals) == g.literals
     _assert_pg_lexer_agrees(g.sql, result)
-
-
-# 3b. ... and sqlglot's postgres tokenizer
-SQLGLOT_LITERALS = {
-    TokenType.NUMBER,
-    TokenType.STRING,
-    TokenType.NATIONAL_STRING,
-    TokenType.BIT_STRING,
-    TokenType.HEX_STRING,
-    TokenType.BYTE_STRING,
-    TokenType.HEREDOC_STRING,
-    TokenType.UNICODE_STRING,
-    TokenType.RAW_STRING,
-}
-
-
-def _sqlglot_literals(sql: str) -> list[tuple[str, bool, object]]:
-    """(source text, directly after a "-" token, token) of each sqlglot literal token.
-
-    sqlglot differs from PostgreSQL in three ways that are undone here:
-    * a prefix minus is a separate DASH token (PostgreSQL too, but the normalizer folds a
-      certain prefix minus into the literal) -- reported as the flag;
-    * ".5" is DOT + NUMBER "5" -- rejoined;
-    * the parameter "$1" is PARAMETER + NUMBER "1" -- that NUMBER is dropped.
-    """
-    tokens = sqlglot.tokenize(sql, read="postgres")
-    out: list[tuple[str, bool, object]] = []
-    for i, tok in enumerate(tokens):
-        if tok.token_type not in SQLGLOT_LITERALS:
-            continue
-        prev = tokens[i - 1] if i else None
-        start = tok.start
-        if tok.token_type == TokenType.NUMBER and prev is not None and prev.end + 1 == start:
-            if prev.token_type == TokenType.PARAMETER:
-                continue
-            if prev.token_type == TokenType.DOT:
-                start = prev.start
-                prev = tokens[i - 2] if i > 1 else None
-        dash = prev is not None and prev.token_type == TokenType.DASH and prev.end + 1 == start
-        out.append((sql[start : tok.end + 1], dash, tok))
-    return out
-
-
-def _sqlglot_value(lit: str) -> str:
-    """The value sqlglot keeps in ``Token.text`` for a literal with this source text."""
-    if lit[0] == "'":
-        return lit[1:-1].replace("''", "'")
-    if lit[0] == "$":
-        tag_end = lit.index("$", 1) + 1
-        return lit[tag_end:-tag_end]
-    if lit[0] in "bBxX":
-        return lit[2:-1]
-    return lit
-
-
-# sqlglot 30.30's tokenizer fails on some text with parameters that PostgreSQL lexes fine:
-# "$1+$2" and "$1::int+$2" (it takes "$1+$" for a dollar-quote tag) and a parameter followed
-# later by an empty string ("$1 + ''").  Such examples are left out here when sqlglot
-# raises; the PostgreSQL lexer test above covers them.
-_PARAM = re.compile(r"\$[0-9]")
-
-
-@GRAMMAR_SETTINGS
-@given(generated_sql())
-def test_grammar_literals_match_sqlglot(g: Generated) -> None:
-    result = normalize(g.sql)
-    assert result is not None
-    try:
-        theirs = _sqlglot_literals(g.sql)
-    except sqlglot.errors.TokenError:
-        if not _PARAM.search(g.sql):
-            raise
-        assume(False)
-    assert len(theirs) == len(result.literals), (g.sql, theirs, result.literals)
-    for ours, (text, after_dash, token) in zip(result.literals, theirs, strict=True):
-        if ours.startswith("-"):
-            assert after_dash and text == ours[1:]
-        else:
-            assert text == ours
-        if ours[0] in "'$bBxX0123456789":  # E'' and U&'' values are unescaped by sqlglot
-            assert token.text == _sqlglot_value(ours)
 
 
 # 3c. Statement boundaries agree with PostgreSQL's splitter
