@@ -44,6 +44,13 @@ LOST = "08006"
 SESSION = "SET TimeZone = 'UTC'; SET statement_timeout = '5s'; SET extra_float_digits = 1"
 RLS_BEGIN = f"BEGIN; SET LOCAL ROLE {schema.RLS_ROLE}; SET LOCAL rls.tenant = '{schema.TENANT}'"
 RESET_SEQUENCES = ", ".join(f"setval('{s}', 100, false)" for s in schema.SEQUENCES)
+#: A transaction in which only what tenant 1 may read is left.
+OWN_WORLD = "; ".join(
+    ["BEGIN", "SET LOCAL session_replication_role = replica", f"SELECT {RESET_SEQUENCES}"]
+    + [f"DELETE FROM {t.name} WHERE {t.tenant_col} <> {schema.TENANT}"
+       for t in schema.TENANT_TABLES]
+    + [f"DELETE FROM {t.name}" for t in schema.TABLES
+       if t.scope in (schema.DENIED, schema.UNKNOWN) and t.name != "order_summaries"])
 
 
 @dataclass
@@ -265,8 +272,14 @@ class Judge:
 
     def _unscoped_fails_alike(self, stmt: Statement, params: tuple[str | None, ...] | None,
                               proxy: Result) -> bool:
-        return error_class(self.unscoped(stmt, params).sqlstate) == \
-            error_class(proxy.sqlstate)
+        """An error oracle: the statement fails like the proxy's without RLS, and does
+        not when every row tenant 1 may not see is gone (same plan: the deleted rows
+        are still on disk), so the error came from a hidden row."""
+        alike = error_class(proxy.sqlstate)
+        if error_class(self.unscoped(stmt, params).sqlstate) != alike:
+            return False
+        sql = stmt.sql if params is None else stmt.param_sql
+        return error_class(self.admin.run(sql, params, OWN_WORLD).sqlstate) != alike
 
     def _leak_or(self, stmt: Statement, params: tuple[str | None, ...] | None, rls: Result,
                  proxy: Result, otherwise: str, why: str) -> Verdict:
