@@ -9,12 +9,14 @@ import logging
 import sys
 
 from proxy.auth.scram import make_verifier
+from proxy.cli.floor import add_install_parser
 from proxy.cli.keys import add_keys_parser
 from proxy.cli.tools import add_tool_parsers
-from proxy.config.settings import load_settings
+from proxy.config.settings import FLOOR_MODES, Settings, load_settings
 from proxy.config.yamlsource import ConfigError
+from proxy.floor.monitor import FloorUnavailable, inspect, refusal
 from proxy.observability.logs import configure_logging
-from proxy.policy.rules import load_rules
+from proxy.policy.rules import Rules, load_rules
 from proxy.server.run import install_uvloop, serve
 from proxy.server.supervisor import exec_supervisor
 
@@ -22,12 +24,13 @@ from proxy.server.supervisor import exec_supervisor
 def cmd_run(args: argparse.Namespace) -> int:
     try:
         settings = load_settings(args.config, listen=args.listen, upstream=args.upstream,
-                                 rules=args.rules, workers=args.workers)
+                                 rules=args.rules, workers=args.workers, floor=args.floor)
     except ConfigError as exc:
         print(f"tenant-proxy: {exc}", file=sys.stderr)
         return 2
     configure_logging(args.log_level, args.log_format)
     workers = settings.worker_count()
+    rules = None
     if settings.rules:
         try:
             rules = load_rules(settings.rules)
@@ -40,9 +43,23 @@ def cmd_run(args: argparse.Namespace) -> int:
                 "and the saved baseline is the last one written; learn with --workers 1",
                 workers)
     if workers > 1:
+        if settings.floor == "required" and not _floor_on(settings, rules):
+            return 2
         exec_supervisor(settings, workers, args.log_level, args.log_format)  # does not return
     install_uvloop()
-    return asyncio.run(serve(settings))
+    try:
+        return asyncio.run(serve(settings))
+    except FloorUnavailable as exc:
+        print(f"tenant-proxy: {exc}", file=sys.stderr)
+        return 2
+
+
+def _floor_on(settings: Settings, rules: Rules | None) -> bool:
+    """Before starting workers (each checks again): is the required floor on?"""
+    report = asyncio.run(inspect(settings, rules))
+    if not report.on:
+        print(f"tenant-proxy: {refusal(settings, report)}", file=sys.stderr)
+    return report.on
 
 
 def cmd_passwd(args: argparse.Namespace) -> int:
@@ -79,6 +96,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--workers", "-w", type=int,
                      help="worker processes sharing the port (env TENANT_PROXY_WORKERS; "
                           "default: one per available CPU)")
+    run.add_argument("--floor", choices=FLOOR_MODES,
+                     help="what an off floor (PostgreSQL not enforcing isolation) means: "
+                          "refuse to start, warn, or do not inspect (env TENANT_PROXY_FLOOR; "
+                          "default: recommended)")
     run.add_argument("--log-level", default="info")
     run.add_argument("--log-format", choices=("json", "text"), default="json")
     run.set_defaults(func=cmd_run)
@@ -96,6 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--log-level", default="warning")
     demo.set_defaults(func=cmd_demo)
     add_tool_parsers(sub)
+    add_install_parser(sub)
     add_keys_parser(sub)
     return parser
 

@@ -22,7 +22,8 @@ _COLUMN_TYPES = {"bigint": {"bigint", "integer", "smallint"}, "integer": {"integ
                  "text": {"text", "character varying", "character"}, "uuid": {"uuid"}}
 
 
-def _load(path: str) -> Rules | None:
+def load_rules_or_report(path: str) -> Rules | None:
+    """The rules, or None after printing why the file is invalid."""
     try:
         return load_rules(path)
     except ConfigError as exc:
@@ -66,7 +67,7 @@ async def check_database(rules: Rules, dsn: str) -> list[str]:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    rules = _load(args.rules)
+    rules = load_rules_or_report(args.rules)
     if rules is None:
         return 2
     scopes = {s: sum(1 for r in rules.tables.values() if r.scope == s)
@@ -75,17 +76,20 @@ def cmd_check(args: argparse.Namespace) -> int:
           f"tenant-scoped, {scopes['shared']} shared, {scopes['deny']} denied; "
           f"{len(rules.users)} roles")
     if args.dsn:
+        from proxy.cli.floor import report_floor
+
         problems = asyncio.run(check_database(rules, args.dsn))
         for problem in problems:
             print(problem)
-        if problems:
+        drift = report_floor(rules, args.dsn, args.role)
+        if problems or drift:
             return 1
         print("the database matches the rules")
     return 0
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    rules = _load(args.rules)
+    rules = load_rules_or_report(args.rules)
     if rules is None:
         return 2
     engine = Engine(rules)
@@ -178,7 +182,7 @@ def cmd_anomaly_report(args: argparse.Namespace) -> int:
 
     path = args.file
     if path is None:
-        rules = _load(args.rules) if args.rules else None
+        rules = load_rules_or_report(args.rules) if args.rules else None
         path = rules.anomaly.report if rules else None
     if not path:
         print("tenant-proxy: give --file, or --rules with anomaly.report set", file=sys.stderr)
@@ -194,7 +198,11 @@ def cmd_anomaly_report(args: argparse.Namespace) -> int:
 def add_tool_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     check = sub.add_parser("check", help="validate a rules file (and a database against it)")
     check.add_argument("rules")
-    check.add_argument("--dsn", help="also check tables and tenant columns in this database")
+    check.add_argument("--dsn", help="also check tables, tenant columns and the floor "
+                                     "(tenant-proxy install) in this database")
+    check.add_argument("--role", action="append", default=[],
+                       help="upstream role to check the floor for (repeat for several; "
+                            "default: the roles the installed floor names)")
     check.set_defaults(func=cmd_check)
 
     explain = sub.add_parser("explain", help="show the rewritten SQL or the refusal")

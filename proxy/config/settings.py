@@ -21,6 +21,8 @@ from proxy.config.yamlsource import ConfigError, Located, load_yaml, resolve_sec
 SSLMODES = ("disable", "prefer", "require", "verify-ca", "verify-full")
 CLIENT_AUTH_METHODS = ("scram-sha-256", "trust")
 CLIENT_TLS_MODES = ("disable", "allow", "require")
+#: What the proxy does when PostgreSQL does not enforce isolation under it (proxy/floor).
+FLOOR_MODES = ("required", "recommended", "off")
 #: Worker indexes travel in seven bits of the proxy's BackendKeyData (proxy/server/cancel.py).
 MAX_WORKERS = 128
 
@@ -129,6 +131,9 @@ class Settings:
     key_store: KeyStoreSettings | None = None
     #: Worker processes sharing the listen port; None: one per available CPU.
     workers: int | None = None
+    #: required: refuse to start unless PostgreSQL enforces isolation too; recommended:
+    #: start and warn; off: do not inspect.
+    floor: str = "recommended"
 
     def worker_count(self) -> int:
         return self.workers or available_cpus()
@@ -311,7 +316,7 @@ def settings_from_document(doc: Located) -> Settings:
     r = _Reader(doc)
     top = r.section((), {"listen", "upstream", "auth", "tls", "limits", "rules",
                          "rules_reload_interval", "http_listen", "audit", "workers",
-                         "key_store"})
+                         "key_store", "floor"})
     host, port = Settings.listen_host, Settings.listen_port
     listen = r.value(("listen",), top, str, None)
     if listen:
@@ -328,10 +333,13 @@ def settings_from_document(doc: Located) -> Settings:
             parse_listen(http_listen)
         except ConfigError as exc:
             raise doc.error(("http_listen",), str(exc)) from exc
+    if top.get("floor") is False:  # YAML reads `off` as false
+        top = {**top, "floor": "off"}
     return Settings(host, port, _upstream(r), _auth(r), _tls(r), _limits(r),
                     r.value(("rules",), top, str, None), interval, http_listen, _audit(r),
                     workers=_workers(doc, r.value(("workers",), top, int, None)),
-                    key_store=_key_store(r))
+                    key_store=_key_store(r),
+                    floor=r.choice(("floor",), top, FLOOR_MODES, "recommended"))
 
 
 def _workers(doc: Located | None, value: int | None) -> int | None:
@@ -370,7 +378,7 @@ def _audit(r: _Reader) -> AuditSettings | None:
 
 def load_settings(path: str | None, *, listen: str | None = None, upstream: str | None = None,
                   rules: str | None = None, workers: int | None = None,
-                  env: Mapping[str, str] = os.environ) -> Settings:
+                  floor: str | None = None, env: Mapping[str, str] = os.environ) -> Settings:
     """Merge the settings file with environment variables and flags."""
     path = path or env.get("TENANT_PROXY_CONFIG")
     settings = settings_from_document(load_yaml(path)) if path else Settings()
@@ -394,4 +402,9 @@ def load_settings(path: str | None, *, listen: str | None = None, upstream: str 
         workers = int(text)
     if workers is not None:
         settings = replace(settings, workers=_workers(None, workers))
+    floor = floor or env.get("TENANT_PROXY_FLOOR")
+    if floor:
+        if floor not in FLOOR_MODES:
+            raise ConfigError(f"floor {floor!r} is not one of {', '.join(FLOOR_MODES)}")
+        settings = replace(settings, floor=floor)
     return settings

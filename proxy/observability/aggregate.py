@@ -42,7 +42,7 @@ def merge(sources: Iterable[list[Family]], gauge_modes: Mapping[str, str]) -> li
     """Add up families of the same name across processes.
 
     Counters and histograms are summed (their ``_created`` timestamps take the
-    earliest); gauges use ``gauge_modes[name]`` (``sum`` by default, or ``max``).
+    earliest); gauges use ``gauge_modes[name]`` (``sum`` by default, ``max`` or ``min``).
     """
     merged: dict[str, Family] = {}
     values: dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]] = {}
@@ -62,6 +62,8 @@ def merge(sources: Iterable[list[Family]], gauge_modes: Mapping[str, str]) -> li
                     rows[key] = min(rows[key], value)
                 elif mode == "max":
                     rows[key] = max(rows[key], value)
+                elif mode == "min":
+                    rows[key] = min(rows[key], value)
                 else:
                     rows[key] += value
     for name, family in merged.items():

@@ -20,10 +20,16 @@ log = logging.getLogger("tenant_proxy.http")
 #: None when healthy (ready), else the reason why not.
 Probe = Callable[[], Awaitable[str | None]]
 Exposition = Callable[[], Awaitable[bytes]]
+#: Lines ``/readyz?verbose`` adds after the verdict (such as the floor's state).
+Details = Callable[[], Awaitable[list[str]]]
 
 
 async def _alive() -> None:
     return None
+
+
+async def _no_details() -> list[str]:
+    return []
 
 
 def registry_exposition(registry: CollectorRegistry) -> Exposition:
@@ -34,11 +40,12 @@ def registry_exposition(registry: CollectorRegistry) -> Exposition:
 
 class OpsServer:
     def __init__(self, host: str, port: int, exposition: Exposition, readiness: Probe,
-                 liveness: Probe = _alive) -> None:
+                 liveness: Probe = _alive, details: Details = _no_details) -> None:
         self.host, self._port = host, port
         self.exposition = exposition
         self.readiness = readiness
         self.liveness = liveness
+        self.details = details
         self._server: asyncio.Server | None = None
 
     @property
@@ -60,8 +67,8 @@ class OpsServer:
             async with asyncio.timeout(5):
                 request = await reader.readuntil(b"\r\n\r\n")
             method, _, rest = request.split(b"\r\n", 1)[0].decode("latin-1").partition(" ")
-            path = rest.split(" ", 1)[0].split("?", 1)[0]
-            status, ctype, body = await self._route(method, path)
+            path, _, query = rest.split(" ", 1)[0].partition("?")
+            status, ctype, body = await self._route(method, path, "verbose" in query.split("&"))
         except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError,
                 ConnectionError):
             writer.close()
@@ -73,7 +80,7 @@ class OpsServer:
             await writer.drain()
         writer.close()
 
-    async def _route(self, method: str, path: str) -> tuple[str, str, bytes]:
+    async def _route(self, method: str, path: str, verbose: bool) -> tuple[str, str, bytes]:
         if method != "GET":
             return "405 Method Not Allowed", "text/plain", b"GET only\n"
         if path == "/metrics":
@@ -85,7 +92,9 @@ class OpsServer:
             return "503 Service Unavailable", "text/plain", f"not alive: {problem}\n".encode()
         if path == "/readyz":
             problem = await self.readiness()
-            if problem is None:
-                return "200 OK", "text/plain", b"ready\n"
-            return "503 Service Unavailable", "text/plain", f"not ready: {problem}\n".encode()
+            body = "ready\n" if problem is None else f"not ready: {problem}\n"
+            if verbose:  # /readyz?verbose: the verdict, then what else probes may want to see
+                body += "".join(f"{line}\n" for line in await self.details())
+            status = "200 OK" if problem is None else "503 Service Unavailable"
+            return status, "text/plain", body.encode()
         return "404 Not Found", "text/plain", b"not found\n"

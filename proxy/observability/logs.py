@@ -23,6 +23,9 @@ class JsonFormatter(logging.Formatter):
         }
         if self.worker is not None:
             event["worker"] = self.worker
+        fields = getattr(record, "fields", None)  # logger.info(..., extra={"fields": {...}})
+        if isinstance(fields, dict):
+            event.update({k: v for k, v in fields.items() if k not in event})
         if record.exc_info:
             event["exc"] = self.formatException(record.exc_info)
         return json.dumps(event, ensure_ascii=False)

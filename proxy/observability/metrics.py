@@ -157,6 +157,10 @@ class Metrics:
         self.rules_reloads = Counter("tenant_proxy_rules_reloads",
                                      "Rules reloads by result (ok, failed).", ["result"],
                                      registry=r)
+        self.floor_on = Gauge(
+            "tenant_proxy_floor_on", "1 when PostgreSQL enforces tenant isolation under the "
+            "proxy (row-level security and grants for the upstream role: the floor), else 0.",
+            registry=r)
         self.cancel_requests = Counter(
             "tenant_proxy_cancel_requests", "CancelRequests by result (delivered, forwarded "
             "to the owning worker, unknown).", ["result"], registry=r)
@@ -178,8 +182,9 @@ class Metrics:
 
 
 #: How the supervisor merges each gauge across workers (default: sum). The rules
-#: version is 1 in every worker that has it, so it takes the maximum.
-GAUGE_MERGE = {"tenant_proxy_rules_version_info": "max"}
+#: version is 1 in every worker that has it, so it takes the maximum; the floor is
+#: on only if every worker sees it on.
+GAUGE_MERGE = {"tenant_proxy_rules_version_info": "max", "tenant_proxy_floor_on": "min"}
 
 
 class SupervisorMetrics:

@@ -2,9 +2,10 @@
 
 Each worker listens on a Unix socket in a private (0700) directory made by the
 supervisor. A request is one line of words (``cancel PID SECRET``, ``ready``,
-``metrics``); the answer is whatever the handler returns, then the connection
-closes. Workers use it to hand CancelRequests to the worker owning the
-session; the supervisor uses it to gather readiness and metrics.
+``metrics``, ``floor``); the answer is whatever the handler returns, then the
+connection closes. Workers use it to hand CancelRequests to the worker owning
+the session; the supervisor uses it to gather readiness, metrics and the state
+of the floor (proxy/floor).
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ import time
 from proxy.anomaly.warmup import warm_up
 from proxy.config.settings import Settings, parse_listen
 from proxy.errors import TooManyConnections
+from proxy.floor.monitor import FloorMonitor
 from proxy.observability.aggregate import snapshot
 from proxy.observability.audit import AuditWriter
 from proxy.observability.http import OpsServer, registry_exposition
@@ -65,16 +66,18 @@ class ProxyServer:
             engine = self.engine
             self.state.hook_factory = lambda role, params: open_session(engine, role, params)
         self.encryption = EncryptionService(settings, self.engine) if self.engine else None
+        self.floor = FloorMonitor(settings, lambda: self.engine.rules if self.engine else None,
+                                  metrics)
         self.ops: OpsServer | None = None
         if settings.http_listen:
             host, port = parse_listen(settings.http_listen)
             self.ops = OpsServer(host, port, registry_exposition(metrics.registry),
-                                 self.readiness)
+                                 self.readiness, details=self._floor_details)
         self.control: ControlServer | None = None
         if worker is not None:
             self.control = ControlServer(socket_path(worker.rundir, worker.index), {
                 "cancel": self._control_cancel, "ready": self._control_ready,
-                "metrics": self._control_metrics})
+                "metrics": self._control_metrics, "floor": self._control_floor})
         self._server: asyncio.Server | None = None
         self._sessions: dict[asyncio.Task[None], Session] = {}
         self._upstream_checked = (0.0, "not checked yet")
@@ -90,7 +93,9 @@ class ProxyServer:
         return len(self._sessions)
 
     async def start(self) -> None:
+        """Listen; raises FloorUnavailable first if the floor is required and off."""
         s = self.state.settings
+        await self.floor.start()
         if self.encryption is not None:
             await self.encryption.start()
         self._server = await asyncio.start_server(self._accept, s.listen_host, s.listen_port,
@@ -118,9 +123,11 @@ class ProxyServer:
                                                                  self.engine.anomaly.save)
 
     async def readiness(self) -> str | None:
-        """None when ready: serving, rules loaded, upstream reachable."""
+        """None when ready: serving, rules loaded, upstream reachable, floor on if required."""
         if self.state.draining:
             return "draining"
+        if (floor := self.floor.problem()) is not None:
+            return floor
         if self.watcher is not None and self.watcher.last_error:
             log.debug("serving the previous rules: %s", self.watcher.last_error)
         checked_at, problem = self._upstream_checked
@@ -165,6 +172,12 @@ class ProxyServer:
     async def _control_metrics(self, args: list[str]) -> bytes:
         return snapshot(self.metrics.registry)
 
+    async def _floor_details(self) -> list[str]:
+        return [self.floor.describe()]
+
+    async def _control_floor(self, args: list[str]) -> bytes:
+        return self.floor.describe().encode() + b"\n"
+
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if len(self._sessions) >= self.state.settings.limits.max_client_connections:
             err = TooManyConnections("sorry, too many clients already")
@@ -208,6 +221,7 @@ class ProxyServer:
     async def close(self) -> None:
         """Stop listening and end every session now."""
         self.state.draining = True
+        await self.floor.close()
         if self.watcher is not None:
             await self.watcher.stop()
         if self._saver is not None:

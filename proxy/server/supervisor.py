@@ -109,7 +109,8 @@ class Supervisor:
         self.ops: OpsServer | None = None
         if settings.http_listen:
             host, port = parse_listen(settings.http_listen)
-            self.ops = OpsServer(host, port, self.exposition, self.readiness, self.liveness)
+            self.ops = OpsServer(host, port, self.exposition, self.readiness, self.liveness,
+                                 self.details)
 
     # --- lifecycle ----------------------------------------------------------
 
@@ -286,6 +287,14 @@ class Supervisor:
             if answer.strip() != b"ready":
                 return f"worker {slot.index}: {answer.decode(errors='replace').strip()}"
         return None
+
+    async def details(self) -> list[str]:
+        """What each worker says of the floor (one line when they all agree)."""
+        answers = [(slot.index, answer.decode(errors="replace").strip() if answer else
+                    "floor: no answer") for slot, _, answer in await self._ask_all("floor")]
+        if len({text for _, text in answers}) == 1:
+            return [answers[0][1]]
+        return [f"worker {index}: {text}" for index, text in answers]
 
 
 async def supervise(settings: Settings, count: int, log_level: str, log_format: str) -> int:
