@@ -401,8 +401,8 @@ def test_upsert_onto_another_tenants_row_fails_and_holds_no_lock(iso: RunningPro
     instead, as under RLS, without naming the other tenant."""
     with psycopg.connect(dsn(iso, "acme")) as acme, \
             psycopg.connect(dsn(iso, "globex"), autocommit=True) as globex:
-        with pytest.raises(psycopg.errors.InvalidTextRepresentation,
-                           match="conflicting row belongs to another tenant") as info:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege,
+                           match="row-level security") as info:
             acme.execute("INSERT INTO users (id, email) VALUES (4, 'x@acme.test') "
                          "ON CONFLICT (id) DO UPDATE SET name = 'pwned'")
         assert "2" not in str(info.value).split("tenant")[-1].split("\n")[0]

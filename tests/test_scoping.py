@@ -233,3 +233,13 @@ def test_conditions_that_can_fail_fence_the_scoping_subquery() -> None:
     assert "OFFSET 0" in sent("SELECT 1 FROM users u JOIN orders o ON 1 / (o.id - 2) = 0")
     out = sent("UPDATE users SET name = 'x' WHERE id = 1 AND ssn::int > 0")
     assert '"users"."tenant_id" = 7 AND CASE WHEN "users"."tenant_id" = 7 THEN (' in out
+
+
+def test_copy_from_options_that_change_null_reach_the_row_check() -> None:
+    plan = plan_statement("COPY orders (tenant_id, total) FROM STDIN WITH (NULL '7')", RULES)
+    assert plan.copy_in is not None and plan.copy_in.null == "7"
+    assert plan_statement("COPY orders (tenant_id, total) FROM STDIN", RULES).copy_in.null \
+        is None
+    for option in ("FORCE_NULL (tenant_id)", "FORCE_NOT_NULL (total)"):
+        assert refused(f"COPY orders (tenant_id, total) FROM STDIN WITH (FORMAT csv, {option})")\
+            == "0A000"

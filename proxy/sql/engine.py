@@ -20,7 +20,7 @@ from proxy.sql.builtins import SAFE_SETTINGS
 from proxy.sql.copyin import CopyFormat
 from proxy.sql.facts import statement_facts
 from proxy.sql.plan import IdentityAction, Plan, SqlObject
-from proxy.sql.relations import check_row_locks, classify
+from proxy.sql.relations import check_row_locks, check_sequences, classify
 from proxy.sql.scope import Reference, references
 from proxy.sql.sealing import Sealing, seal_statement
 from proxy.sql.sidechannels import check_show
@@ -135,6 +135,7 @@ def plan_data(stmt: Statement, rules: Rules) -> _Data:
     for ref in refs:
         classify(rules, ref)
     check_row_locks(rules, refs)
+    check_sequences(rules, nodes)
     if any(r.qualified == "pg_catalog.pg_class" and r.role == "read" for r in refs):
         check_pg_class(nodes)
     relations = [r.qualified for r in refs if r.role != "cte"]
@@ -322,6 +323,13 @@ def _copy_in_format(ref: Reference, rule: TableRule, rules: Rules, filled: bool
         arg = opts.get(name)
         return arg.sval if isinstance(arg, ast.String) else default
 
+    forced = [name for name in ("force_null", "force_not_null", "default") if name in opts]
+    if forced:
+        raise Unsupported(f"COPY option {forced[0].upper()} is not supported for "
+                          "tenant-scoped tables",
+                          hint="It changes which fields read as NULL, so the proxy's check "
+                               "of the tenant column could see another value than the "
+                               "server stores.")
     columns = [c.sval for c in node.attlist or ()]
     csv = kind == "csv"
     quote = text_opt("quote", '"')
@@ -334,7 +342,8 @@ def _copy_in_format(ref: Reference, rule: TableRule, rules: Rules, filled: bool
     return CopyFormat(
         csv=csv, delimiter=text_opt("delimiter", "," if csv else "\t"), quote=quote,
         escape=text_opt("escape", quote), header=_copy_flag(opts, "header"),
-        tenant_index=None if filled else columns.index(rule.column or ""), sealed=sealed)
+        tenant_index=None if filled else columns.index(rule.column or ""), sealed=sealed,
+        null=text_opt("null", "") if "null" in opts else None)
 
 
 def _copy_flag(opts: dict[str, object], name: str) -> bool:

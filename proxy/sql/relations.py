@@ -68,3 +68,32 @@ def check_row_locks(rules: Rules, refs: list[Reference]) -> None:
             raise Refused(f'locking rows of "{ref.qualified}" is not allowed: it is '
                           "read-only for tenants", reason="read_only",
                           hint="Name the writable tables to lock with FOR UPDATE OF.")
+
+
+_SEQUENCE_FUNCTIONS = frozenset({"nextval", "setval", "currval"})
+
+
+def check_sequences(rules: Rules, nodes: list[ast.Node]) -> None:
+    """A sequence belongs to the table whose name prefixes it (``orders_id_seq``, as
+    serial and identity columns name them; the longest such table wins): using the
+    sequence of a denied or read-only table is writing to it."""
+    for node in nodes:
+        if not isinstance(node, ast.FuncCall) or node.funcname[-1].sval not in \
+                _SEQUENCE_FUNCTIONS or not node.args:
+            continue
+        arg = node.args[0]
+        while isinstance(arg, ast.TypeCast):
+            arg = arg.arg
+        if not isinstance(arg, ast.A_Const) or not isinstance(arg.val, ast.String):
+            continue  # sidechannels refuses non-constant sequence names
+        schema, _, name = arg.val.sval.rpartition(".")
+        schema = schema.strip('"') or "public"
+        owners = [q for q in rules.tables if q.startswith(f"{schema}.")
+                  and name.startswith(q.split(".", 1)[1] + "_")]
+        if not owners:
+            continue
+        owner = max(owners, key=len)
+        rule = rules.tables[owner]
+        if rule.scope == "deny" or not rule.writable:
+            raise Refused(f'sequence "{arg.val.sval}" belongs to {owner}, which tenants '
+                          "cannot write", reason="read_only")

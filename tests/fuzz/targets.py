@@ -353,6 +353,8 @@ def check_upstream_startup(upstream: dict[str, str], tenant: str | None) -> None
         elif name == "client_encoding":
             assert _encoding_name(value) in _UTF8_NAMES, \
                 f"upstream startup sets client_encoding {value!r}"
+        elif name == "search_path":
+            assert value == "public", f"upstream startup sets search_path {value!r}"
         else:
             assert name in SAFE_SETTINGS or name == "application_name", \
                 f"upstream startup sets {name}={value!r}, not an allowed setting"
@@ -484,21 +486,22 @@ def run_relay(data: bytes, split: Splitter = split_plain,
         if direction == CLIENT:
             out = relay.from_client(chunk)
             assert not out.to_client, "from_client wrote to the client"
-            sent = b"".join(out.to_upstream)
-            result.to_upstream += sent
-            upstream.feed(sent)
-            frames = upstream.take()
-            assert upstream.buffered == 0, "the upstream stream is no longer framed"
-            if not passthrough and frames is not None:
-                _check_statements(frames.data, frames.spans)
             if check is not None:
                 check.check(CLIENT, chunk, out.to_upstream)
         else:
+            # The server's answers can release held client messages (COPY data sent
+            # before CopyInResponse) or a CopyFail: checked like any upstream bytes.
             out = relay.from_upstream(chunk)
-            assert not out.to_upstream, "from_upstream wrote to the server"
             result.to_client += b"".join(out.to_client)
             if check is not None:
                 check.check(UPSTREAM, chunk, out.to_client)
+        sent = b"".join(out.to_upstream)
+        result.to_upstream += sent
+        upstream.feed(sent)
+        frames = upstream.take()
+        assert upstream.buffered == 0, "the upstream stream is no longer framed"
+        if not passthrough and frames is not None:
+            _check_statements(frames.data, frames.spans)
         assert relay._client.buffered <= MAX_MESSAGE + 4, "client framer over its limit"
         assert relay._upstream.buffered <= MAX_MESSAGE + 4, "server framer over its limit"
         assert relay.pending >= 0
