@@ -287,7 +287,8 @@ class Judge:
         if marker:
             return Verdict(MISMATCH, LEAK, f"{why}; shows {marker!r}")
         unscoped = self.unscoped(stmt, params)
-        if unscoped.ok and unscoped.tag == proxy.tag and unscoped.same_data(proxy, False) \
+        evidence = unscoped.rows or unscoped.copy or _count(unscoped.tag)
+        if evidence and unscoped.tag == proxy.tag and unscoped.same_data(proxy, False) \
                 and not (rls.ok and rls.tag == unscoped.tag and rls.same_data(unscoped, False)):
             return Verdict(MISMATCH, LEAK, f"{why}; equals the statement without RLS")
         if rls.ok and _more(proxy, rls):
