@@ -22,7 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.report import publish
 from proxy.policy.rules import parse_rules
-from proxy.sql.pipeline import Engine, open_session
+from proxy.session.engine import Engine
+from proxy.session.startup import open_session
 from proxy.wire.frontend import Parse
 
 RULES = """

@@ -13,7 +13,7 @@ from proxy.crypto.cipher import DataCorrupted, key_version
 from proxy.crypto.columns import ColumnCrypto, UnreadableValue
 from proxy.crypto.keyring import MemoryKeyRing
 from proxy.policy.rules import EncryptedColumn, EncryptionRules
-from proxy.sql.results import ResultDecryptor
+from proxy.session.results import ResultDecryptor
 from proxy.wire.backend import (
     ColumnDescription,
     CommandComplete,

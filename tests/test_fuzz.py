@@ -22,10 +22,11 @@ import pytest
 
 from proxy.errors import PgError
 from proxy.policy.rules import parse_rules
-from proxy.sql.pipeline import Engine, open_session
+from proxy.session.engine import Engine
+from proxy.session.relay import Relay
+from proxy.session.startup import open_session
 from proxy.wire import backend as be
 from proxy.wire import frontend as fe
-from proxy.wire.relay import Relay
 from tests.certs import CertFiles
 from tests.fuzz import targets
 from tests.fuzz.targets import CLIENT, UPSTREAM, encode_chunks

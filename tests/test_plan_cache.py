@@ -7,7 +7,8 @@ import pytest
 
 from proxy.errors import Refused
 from proxy.policy.rules import parse_rules
-from proxy.sql.pipeline import Engine, open_session
+from proxy.session.engine import Engine
+from proxy.session.startup import open_session
 
 RULES = """
 version: 1

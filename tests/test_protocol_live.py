@@ -13,7 +13,7 @@ import pytest
 
 from proxy.config.settings import Limits
 from proxy.errors import Refused
-from proxy.sql.hooks import PassThrough
+from proxy.session.hooks import PassThrough
 from proxy.wire import backend as be
 from proxy.wire import frontend as fe
 from tests.certs import CertFiles

@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 
 from proxy.errors import ProtocolViolation, Refused
-from proxy.sql.hooks import PassThrough
+from proxy.session.hooks import PassThrough
+from proxy.session.relay import Relay
 from proxy.wire import backend as be
 from proxy.wire import frontend as fe
 from proxy.wire.fields import FieldReader
 from proxy.wire.framing import MessageFramer
-from proxy.wire.relay import Relay
 
 
 class RefuseDrop(PassThrough):

@@ -10,8 +10,8 @@ import pglast
 import pytest
 
 from proxy.policy.rules import parse_rules
+from proxy.session.engine import Engine
 from proxy.sql.engine import plan_statement
-from proxy.sql.pipeline import Engine
 from proxy.sql.sealing import placeholders
 
 RULES = parse_rules(f"""

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from proxy.anomaly.activity import SessionActivity
 from proxy.anomaly.baseline import Baseline
 from proxy.anomaly.detector import Detector, Report, Verdict
 from proxy.anomaly.features import (
@@ -19,7 +20,6 @@ from proxy.anomaly.features import (
 )
 from proxy.anomaly.model import HalfSpaceTrees
 from proxy.policy.rules import AnomalyRule
-from proxy.sql.activity import SessionActivity
 from proxy.sql.facts import STATEMENT_KINDS, StatementFacts
 
 log = logging.getLogger("tenant_proxy.anomaly")

@@ -13,7 +13,8 @@ from proxy.crypto.columns import ColumnCrypto
 from proxy.crypto.keyring import MemoryKeyRing
 from proxy.policy.rules import Rules, load_rules
 from proxy.policy.tokens import load_ed25519_private_key, load_hmac_key, mint_ed25519, mint_hs256
-from proxy.sql.pipeline import Engine, TenantSession
+from proxy.session.engine import Engine
+from proxy.session.tenant import TenantSession
 from proxy.sql.plan import IdentityAction, Plan
 from proxy.sql.sealing import SealedValue
 

@@ -22,7 +22,7 @@ from proxy.crypto.columns import ColumnCrypto
 from proxy.crypto.keyring import StoreKeyRing
 from proxy.crypto.master import MasterKey
 from proxy.policy.rules import EncryptionRules
-from proxy.sql.pipeline import Engine
+from proxy.session.engine import Engine
 
 log = logging.getLogger("tenant_proxy.crypto")
 

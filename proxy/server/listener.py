@@ -23,7 +23,8 @@ from proxy.server.place import WorkerPlace
 from proxy.server.reload import RulesWatcher
 from proxy.server.session import ServerState, Session
 from proxy.server.tls import client_side_context
-from proxy.sql.pipeline import Engine, open_session
+from proxy.session.engine import Engine
+from proxy.session.startup import open_session
 from proxy.wire import backend as be
 
 log = logging.getLogger("tenant_proxy.server")

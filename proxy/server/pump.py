@@ -14,7 +14,7 @@ import asyncio
 from collections.abc import Callable
 
 from proxy.errors import ConnectionFailure, PgError
-from proxy.wire.relay import Output, Relay
+from proxy.session.relay import Output, Relay
 
 #: Write-buffer high-water mark per transport; reading the other side pauses above it.
 WRITE_BUFFER_HIGH = 256 * 1024

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from proxy.config.yamlsource import ConfigError
 from proxy.policy.rules import load_rules
-from proxy.sql.pipeline import Engine
+from proxy.session.engine import Engine
 
 log = logging.getLogger("tenant_proxy.rules")
 

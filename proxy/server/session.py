@@ -35,7 +35,8 @@ from proxy.server.upstream import (
     cancel_upstream,
     open_upstream,
 )
-from proxy.sql.hooks import PassThrough, StatementHook
+from proxy.session.hooks import PassThrough, StatementHook
+from proxy.session.relay import Relay, check_server_parameter
 from proxy.wire import backend as be
 from proxy.wire.fields import FieldReader
 from proxy.wire.framing import MessageFramer, StartupFramer
@@ -48,7 +49,6 @@ from proxy.wire.frontend import (
     StartupMessage,
     decode_startup,
 )
-from proxy.wire.relay import Relay, check_server_parameter
 
 log = logging.getLogger("tenant_proxy.session")
 

@@ -1,1 +1,1 @@
-"""The SQL pipeline: what happens to each statement before it is forwarded."""
+"""The planner: pure passes from a statement text and the rules to a Plan."""

@@ -2,7 +2,7 @@
 police utility statements, scope data statements with sqlglot, cross-check.
 
 Pure: text and rules in, a Plan out (or a PgError inside the plan). Nothing
-here knows about sessions or tenants; ``pipeline`` applies plans.
+here knows about sessions or tenants; ``proxy.session`` applies plans.
 """
 
 from __future__ import annotations

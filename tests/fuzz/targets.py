@@ -61,10 +61,12 @@ from proxy.config.settings import Limits
 from proxy.errors import PgError, ProtocolViolation
 from proxy.policy.rules import parse_rules
 from proxy.server.session import forwarded_startup, replication_requested
+from proxy.session.engine import Engine
+from proxy.session.hooks import PassThrough, StatementHook
+from proxy.session.relay import Relay
+from proxy.session.startup import open_session
 from proxy.sql.builtins import SAFE_SETTINGS
 from proxy.sql.engine import TENANT_SETTING
-from proxy.sql.hooks import PassThrough, StatementHook
-from proxy.sql.pipeline import Engine, open_session
 from proxy.wire.backend import decode_backend
 from proxy.wire.framing import MessageFramer, StartupFramer
 from proxy.wire.frontend import (
@@ -75,7 +77,6 @@ from proxy.wire.frontend import (
     decode_frontend,
     decode_startup,
 )
-from proxy.wire.relay import Relay
 
 HERE = Path(__file__).resolve().parent
 SEEDS = HERE / "seeds"

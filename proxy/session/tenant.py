@@ -1,40 +1,29 @@
-"""Per-session application of plans: the tenant, its checks and its lifetime.
+"""One tenant session's application of plans: its tenant, the per-tenant checks
+of each plan, and the names (statements, portals, COPY) it keeps from crossing a
+tenant switch.
 
-``Engine`` is shared by every session of a process (current rules, plan
-cache, token verifier); a rules reload swaps it atomically. ``TenantSession``
-is the StatementHook one client session uses: it knows the session's tenant
-(bound, from a token, or trusted), answers the identity statements, runs the
-per-tenant checks of each plan, and keeps statements and portals from
-crossing a tenant switch.
+``TenantSession`` is the StatementHook of a client session for a tenant role:
+it knows the session's tenant (bound, from a token, or trusted), answers the
+identity statements and runs each plan's tenant checks.
 """
 
 from __future__ import annotations
 
 import copy
 import functools
-import hashlib
 import re
 import time
 import uuid
-from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
-from proxy.anomaly.detector import Verdict
-from proxy.anomaly.runtime import AnomalyRuntime
+from proxy.anomaly.activity import SessionActivity
 from proxy.crypto.columns import ColumnCrypto
-from proxy.errors import InvalidAuthorization, PgError, Refused, Unsupported
-from proxy.observability.audit import AuditWriter
-from proxy.observability.metrics import METRICS, Metrics
-from proxy.policy.rules import Rules, UserRule
-from proxy.policy.tokens import TokenError, TokenVerifier
-from proxy.sql.activity import SessionActivity
-from proxy.sql.builtins import SAFE_SETTINGS
-from proxy.sql.copyin import CopyFormat, CopyIn
-from proxy.sql.engine import TENANT_SETTING, plan_statement
-from proxy.sql.facts import STATEMENT_KINDS
-from proxy.sql.hooks import PassThrough, StatementHook
-from proxy.sql.namespace import (
+from proxy.errors import PgError, Refused, Unsupported
+from proxy.policy.rules import UserRule
+from proxy.policy.tokens import TokenError
+from proxy.session.engine import Engine
+from proxy.session.namespace import (
     BOUND,
     CLOSED,
     EXECUTED,
@@ -46,9 +35,13 @@ from proxy.sql.namespace import (
     Step,
     Steps,
 )
-from proxy.sql.normalize import MARKER, check_template, normalize, splice
-from proxy.sql.plan import IdentityAction, Plan, PlanCache, SqlObject
-from proxy.sql.results import ResultDecryptor
+from proxy.session.records import audit_statement, fingerprint
+from proxy.session.results import ResultDecryptor
+from proxy.sql.copyin import CopyFormat, CopyIn
+from proxy.sql.engine import TENANT_SETTING
+from proxy.sql.facts import STATEMENT_KINDS
+from proxy.sql.normalize import splice
+from proxy.sql.plan import IdentityAction, Plan, SqlObject
 from proxy.sql.sealing import SealedValue, placeholder
 from proxy.sql.splice import TENANT_SENTINEL
 from proxy.wire.fields import FieldReader, decode_text
@@ -64,124 +57,6 @@ class InvalidToken(PgError):
 
 _NO_TENANT_HINT = f"SET {TENANT_SETTING} = '<token>' first."
 #: Startup parameters that are not settings, or that the session handles itself.
-_STARTUP_KEYS = {"user", "database", "options", "application_name", "client_encoding",
-                 "replication"}
-
-
-class Engine:
-    """The current rules and everything derived from them, shared by sessions."""
-
-    def __init__(self, rules: Rules, cache_size: int = 10_000,
-                 metrics: Metrics = METRICS, audit: AuditWriter | None = None) -> None:
-        self.cache = PlanCache(cache_size)
-        self.metrics = metrics
-        self.audit = audit
-        self.anomaly = AnomalyRuntime(rules.anomaly) if rules.anomaly.mode != "off" else None
-        # Bound once: labels() costs more than the increment it feeds.
-        self._hits = metrics.cache_lookups.labels("hit")
-        self._misses = metrics.cache_lookups.labels("miss")
-        self.rules = rules
-        self.verifier = self._verifier(rules)
-        #: Set by the server once the key store and catalog are loaded.
-        self.crypto: ColumnCrypto | None = None
-        metrics.set_rules_version(rules.version)
-
-    @staticmethod
-    def _verifier(rules: Rules) -> TokenVerifier | None:
-        keys = rules.tokens
-        if not keys.hmac and not keys.ed25519_public:
-            return None
-        return TokenVerifier(keys.hmac, keys.ed25519_public)
-
-    def swap(self, rules: Rules) -> None:
-        """Install new rules; statements already planned finish under the old ones."""
-        self.verifier = self._verifier(rules)
-        if rules.anomaly.mode == "off":
-            self.anomaly = None
-        elif self.anomaly is None or self.anomaly.rule.state != rules.anomaly.state:
-            self.anomaly = AnomalyRuntime(rules.anomaly)
-        else:
-            self.anomaly.update(rules.anomaly)
-        self.rules = rules
-        self.cache.clear()
-        self.metrics.set_rules_version(rules.version)
-        self.metrics.cache_entries.set(0)
-
-    def plan_query(self, sql: str) -> tuple[Plan, tuple[str, ...] | None]:
-        """The plan for a simple-protocol Query, shared across literal values.
-
-        Returns the plan and, when it is a template, the statement's literals. The
-        literal normalizer makes ``aid = 1`` and ``aid = 2`` one cache entry; the
-        plan is made once from the text with each literal as a parameter, so its
-        checks see them as values to verify, never as SQL. Anything the
-        normalizer or that planning cannot handle falls back to exact text.
-        """
-        if TENANT_SENTINEL in sql:
-            return self.plan(sql, extended=False), None
-        norm = normalize(sql)
-        if norm is None or not norm.literals or _PARAMETER.search(norm.key):
-            return self.plan(sql, extended=False), None
-        rules = self.rules
-        key = (rules.version, "N", norm.key)
-        plan = self._cached(key)
-        if plan is None:
-            plan = self._store(key, lambda: _template_plan(norm.key, rules))
-        if plan is _EXACT:
-            return self.plan(sql, extended=False), None
-        return plan, norm.literals
-
-    def plan(self, sql: str, *, extended: bool) -> Plan:
-        rules = self.rules
-        key = (rules.version, "P" if extended else "Q", sql)
-        plan = self._cached(key)
-        if plan is None:
-            plan = self._store(key, lambda: plan_statement(sql, rules, extended=extended))
-        return plan
-
-    def _cached(self, key: tuple[str, str, str]) -> Plan | None:
-        plan = self.cache.get(key)
-        (self._misses if plan is None else self._hits).inc()
-        return plan
-
-    def _store(self, key: tuple[str, str, str], make: Callable[[], Plan]) -> Plan:
-        start = time.perf_counter()
-        plan = make()
-        if plan is not _EXACT:
-            plan = replace(plan, fingerprint=_fingerprint(key[2]))
-        self.metrics.plan_seconds.observe(time.perf_counter() - start)
-        if plan.identity is None:  # never keep token text in the cache
-            evicted = self.cache.evictions
-            self.cache.put(key, plan)
-            if self.cache.evictions > evicted:
-                self.metrics.cache_evictions.inc(self.cache.evictions - evicted)
-            self.metrics.cache_entries.set(len(self.cache))
-        return plan
-
-
-_PARAMETER = re.compile(r"\$\d")
-_SLOT = re.compile(r"\$(\d+)")
-#: Cached under a normalized key: plan this statement by its exact text instead.
-_EXACT = Plan()
-
-
-def _template_plan(key: str, rules: Rules) -> Plan:
-    parts = key.split(MARKER)
-    text = splice(parts, [f"${i}" for i in range(1, len(parts))])
-    plan = plan_statement(text, rules)
-    if plan.error is not None or plan.identity is not None or plan.sql_object is not None \
-            or plan.copy_in is not None or plan.channels or plan.tenant_literals or \
-            (plan.sealing is not None and plan.sealing.literals):
-        return _EXACT
-    if plan.parts is None:
-        return plan  # forwarded as written: only the decision is shared
-    rewritten = TENANT_SENTINEL.join(plan.parts)
-    if [int(n) for n in _SLOT.findall(rewritten)] != list(range(1, len(parts))):
-        return _EXACT
-    template = tuple(_SLOT.split(rewritten)[::2])
-    if not check_template(template, key):
-        return _EXACT
-    return replace(plan, parts=None, template=template)
-
 
 @dataclass
 class TenantSession:
@@ -715,56 +590,6 @@ def _missing(what: str, name: str) -> PgError:
     kind = _NoStatement if what == "prepared statement" else _NoPortal
     return kind(f'{what} "{name}" does not exist')
 
-
-def _fingerprint(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()[:16]
-
-
-def fingerprint(sql: str) -> str:
-    """A stable id for a statement's shape: its literals and comments never show."""
-    norm = normalize(sql)
-    return _fingerprint(norm.key if norm is not None else sql)
-
-
-def audit_statement(audit: AuditWriter, role: str, tenant: str | None, kind: str,
-                    fingerprint: str, outcome: str, error: PgError | None,
-                    relations: tuple[str, ...], verdict: Verdict | None = None) -> None:
-    """One audit record: who, tenant, fingerprint, outcome, reason; never values."""
-    event: dict[str, object] = {"role": role, "tenant": tenant, "kind": kind,
-                                "fingerprint": fingerprint, "outcome": outcome,
-                                "relations": sorted(set(relations))}
-    if error is not None:
-        event.update(reason=error.reason, sqlstate=error.sqlstate)
-    if verdict is not None:
-        event["anomaly_score"] = round(verdict.score, 4)
-        if verdict.top:
-            event["anomaly_top"] = [name for name, _ in verdict.top]
-    audit.write(event)
-
-
-@dataclass
-class BypassSession(PassThrough):
-    """A bypass role: forwarded unrewritten, but still audited."""
-
-    engine: Engine
-    role: str
-    inspects: bool = True
-
-    def query(self, sql: str) -> str | None:
-        self._audit(sql)
-        return None
-
-    def parse(self, message: Parse) -> Parse | None:
-        self._audit(message.sql)
-        return None
-
-    def _audit(self, sql: str) -> None:
-        self.engine.metrics.statements.labels("bypass", "none", self.role, "forwarded").inc()
-        if self.engine.audit is not None:
-            audit_statement(self.engine.audit, self.role, None, "bypass", fingerprint(sql),
-                            "forwarded", None, ())
-
-
 def _literal_value(literal: str) -> str | None:
     """The value of a plain number or standard string literal, else None."""
     if literal.startswith("'") and literal.endswith("'") and len(literal) >= 2:
@@ -778,105 +603,3 @@ def _sealable_literal(literal: str) -> str | None:
             literal.lower() in ("true", "false"):
         return literal
     return _literal_value(literal)
-
-
-def _parse_options(options: str) -> list[tuple[str, str]]:
-    """``-c name=value`` / ``--name=value`` pairs of the libpq options string."""
-    words, word, escaped = [], "", False
-    for ch in options:
-        if escaped:
-            word, escaped = word + ch, False
-        elif ch == "\\":
-            escaped = True
-        elif ch.isspace():
-            if word:
-                words.append(word)
-            word = ""
-        else:
-            word += ch
-    if word:
-        words.append(word)
-    pairs = []
-    i = 0
-    while i < len(words):
-        w = words[i]
-        if w == "-c" and i + 1 < len(words):
-            setting, i = words[i + 1], i + 2
-        elif w.startswith("-c") or w.startswith("--"):
-            setting, i = w[2:], i + 1
-        else:
-            raise InvalidAuthorization(f"startup option {w!r} is not allowed by tenant-proxy")
-        name, sep, value = setting.partition("=")
-        if not sep:
-            raise InvalidAuthorization(f"startup option {w!r} has no value")
-        pairs.append((name.replace("-", "_").lower(), value))
-    return pairs
-
-
-def _render_options(pairs: list[tuple[str, str]]) -> str:
-    def esc(text: str) -> str:
-        return re.sub(r"([\s\\])", r"\\\1", text)
-
-    return " ".join(f"-c {esc(name)}={esc(value)}" for name, value in pairs)
-
-
-def open_session(engine: Engine, role: str, params: dict[str, str]
-                 ) -> tuple[StatementHook, dict[str, str]]:
-    """The hook for a new login and the startup parameters to send upstream.
-
-    Raises a FATAL PgError for roles the rules do not know, bad tokens in the
-    startup options and startup settings that could subvert isolation.
-    """
-    rules = engine.rules
-    user = rules.users.get(role)
-    if user is None:
-        raise InvalidAuthorization(f'role "{role}" is not configured in the rules file',
-                                   hint="Add it under users: with an identity.")
-    if user.identity == "bypass":
-        return BypassSession(engine, role), params
-    # PostgreSQL matches setting names in any case (CLIENT_ENCODING=GBK works), so
-    # every check here is on lower-cased names, and a name given twice is refused.
-    lowered: dict[str, str] = {}
-    for key, value in params.items():
-        name = key.lower()
-        if name in lowered:
-            raise InvalidAuthorization(f'startup parameter "{key}" is given twice')
-        if name not in _STARTUP_KEYS and name not in SAFE_SETTINGS and name != TENANT_SETTING:
-            raise InvalidAuthorization(f'startup parameter "{key}" is not allowed by '
-                                       "tenant-proxy")
-        lowered[name] = value
-    params = lowered
-    encoding = re.sub(r"[^A-Z0-9]", "", params.get("client_encoding", "UTF8").upper())
-    if encoding not in ("UTF8", "UNICODE"):
-        raise InvalidAuthorization("tenant-proxy needs client_encoding UTF8")
-    # The proxy reads statements as UTF-8: so must the server, whatever defaults
-    # the database or role carry.
-    upstream = {k: v for k, v in params.items()
-                if k not in ("options", "replication", TENANT_SETTING)}
-    upstream["client_encoding"] = "UTF8"
-    options = []
-    # A startup parameter (asyncpg's server_settings) or a -c option (libpq's options).
-    startup_value = params.get(TENANT_SETTING)
-    for name, value in _parse_options(params.get("options", "")):
-        if name == TENANT_SETTING:
-            if startup_value is not None:
-                raise InvalidAuthorization(f"{TENANT_SETTING} is given twice")
-            startup_value = value
-        elif name in SAFE_SETTINGS:
-            options.append((name, value))
-        else:
-            raise InvalidAuthorization(f'startup setting "{name}" is not allowed by '
-                                       "tenant-proxy")
-    session = TenantSession(engine, role, user, user.tenant)
-    if startup_value is not None:
-        if user.identity == "bound":
-            raise InvalidAuthorization(f'role "{role}" is bound to tenant {user.tenant}')
-        try:
-            session.tenant = session.startup_tenant = session._resolve(startup_value)
-        except InvalidToken as exc:
-            raise InvalidAuthorization(exc.message) from exc
-    options.append((TENANT_SETTING, session.startup_tenant or ""))
-    # Unqualified names must resolve upstream where the planner resolved them.
-    options.append(("search_path", "public"))
-    upstream["options"] = _render_options(options)
-    return session, upstream

@@ -24,8 +24,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from proxy.errors import ConnectionFailure, PgError, ProtocolViolation, Unsupported
-from proxy.sql.hooks import PassThrough, StatementHook
-from proxy.sql.results import BACKEND_KINDS
+from proxy.session.hooks import PassThrough, StatementHook
+from proxy.session.results import BACKEND_KINDS
 from proxy.wire.backend import (
     ErrorResponse,
     NotificationResponse,
@@ -55,7 +55,7 @@ _Z, _ERROR, _NOTIFICATION, _STATUS = b"Z"[0], b"E"[0], b"A"[0], b"S"[0]
 _COMMAND_COMPLETE, _PARSE_COMPLETE, _CLOSE_COMPLETE = b"C"[0], b"1"[0], b"3"[0]
 _COPY_IN_RESPONSE = b"G"[0]
 _COPY_KINDS = (_COPY_DATA, _COPY_DONE, _COPY_FAIL)
-#: Answers that settle a statement's or portal's state (see proxy.sql.namespace).
+#: Answers that settle a statement's or portal's state (see proxy.session.namespace).
 _ANSWERS = frozenset(b"123CIs")
 _FLUSH = Flush().encode()
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from proxy.sql.results import ResultDecryptor
+from proxy.session.results import ResultDecryptor
 from proxy.wire.frontend import Bind, Close, Parse
 
 
