@@ -47,10 +47,6 @@ def _refusal_changes(tally: Tally) -> list[str]:
             for cell, share in now.items() if share - before.get(cell, 0) > 0.2]
 
 
-@pytest.mark.xfail(strict=False, reason="issue 12 open: wrong results remain (ON CONFLICT on "
-                   "another tenant's row fails with 22P02 even where RLS updates nothing; "
-                   "conditions that fail on the tenant's own rows evaluated in another order), "
-                   "see bench/RESULTS.md, 'Differential fuzzer vs PostgreSQL RLS'")
 def test_proxy_matches_rls(db: Database, certs: CertFiles, tmp_path: Path) -> None:
     with fuzzer(db, certs, tmp_path) as fz:
         gen = Generator(SEED)

@@ -171,7 +171,10 @@ class Side:
 # ------------------------------------------------------------------ verdicts
 AGREE, REFUSED, MISMATCH = "agree", "refused", "mismatch"
 LEAK, WRONG, FIDELITY, REFUSAL = "leak", "wrong-result", "fidelity", "refusal"
-CLASSES = (LEAK, WRONG, FIDELITY, REFUSAL)
+#: A condition that fails on rows the tenant may see, evaluated by one plan and not the
+#: other: PostgreSQL promises no evaluation order, so neither answer is wrong.
+EVAL_ORDER = "evaluation-order"
+CLASSES = (LEAK, WRONG, FIDELITY, EVAL_ORDER, REFUSAL)
 
 
 @dataclass(frozen=True)
@@ -240,9 +243,14 @@ class Judge:
                     self._unscoped_fails_alike(stmt, params, proxy):
                 return Verdict(MISMATCH, LEAK, f"error oracle: failed ({proxy.sqlstate}) on "
                                                "rows RLS hides")
+            if error_class(proxy.sqlstate) in EXPRESSION_ERRORS and \
+                    self._fails_on_own_rows(stmt, params, proxy):
+                return Verdict(MISMATCH, EVAL_ORDER, f"proxy failed ({proxy.sqlstate}) on "
+                                                     "rows tenant 1 may see; RLS's plan did not")
             return Verdict(MISMATCH, WRONG, f"proxy failed ({proxy.sqlstate}) where RLS ran")
         if not rls.ok:
-            return self._leak_or(stmt, params, rls, proxy, WRONG,
+            lenient = error_class(rls.sqlstate) in EXPRESSION_ERRORS
+            return self._leak_or(stmt, params, rls, proxy, EVAL_ORDER if lenient else WRONG,
                                  f"proxy ran what RLS refuses ({rls.sqlstate})")
         if proxy.tag != rls.tag or not proxy.same_data(rls, stmt.ordered):
             return self._leak_or(stmt, params, rls, proxy, WRONG, "different rows or tag")
@@ -280,6 +288,14 @@ class Judge:
             return False
         sql = stmt.sql if params is None else stmt.param_sql
         return error_class(self.admin.run(sql, params, OWN_WORLD).sqlstate) != alike
+
+    def _fails_on_own_rows(self, stmt: Statement, params: tuple[str | None, ...] | None,
+                           proxy: Result) -> bool:
+        """The statement fails like the proxy's with only tenant 1's rows left: the
+        failing value is one the tenant may see."""
+        sql = stmt.sql if params is None else stmt.param_sql
+        return error_class(self.admin.run(sql, params, OWN_WORLD).sqlstate) == \
+            error_class(proxy.sqlstate)
 
     def _leak_or(self, stmt: Statement, params: tuple[str | None, ...] | None, rls: Result,
                  proxy: Result, otherwise: str, why: str) -> Verdict:
