@@ -20,6 +20,9 @@ from pathlib import Path
 
 from proxy.auth.scram import make_verifier
 from proxy.config.settings import Settings
+from proxy.floor.install import install
+from proxy.floor.spec import FloorSpec
+from proxy.policy.rules import parse_rules
 from proxy.wire import backend as be
 from proxy.wire import frontend as fe
 from tests.certs import CertFiles
@@ -364,15 +367,18 @@ class Tally:
 # -------------------------------------------------------------------- world
 def create_database(db: Database) -> None:
     """A fresh ``schema.DATABASE``: corpus schema, RLS reference, leak triggers,
-    the floor role and its policies."""
+    the floor role, and the floor ``tenant-proxy install`` derives from the rules."""
 
     async def go() -> None:
         await recreate_database(db, schema.DATABASE)
         conn = await admin_connect(db, schema.DATABASE)
         try:
             await conn.execute(schema.SCHEMA_SQL.read_text())
-            for sql in [*schema.setup_sql(), *schema.floor_sql()]:
+            for sql in [*schema.setup_sql(), *schema.floor_role_sql()]:
                 await conn.execute(sql)
+            spec = FloorSpec.from_rules(parse_rules(schema.RULES_YAML), [schema.FLOOR_ROLE])
+            result = await install(conn, spec, say=lambda _: None)
+            assert not result.remaining, [f.problem for f in result.remaining]
             for t in schema.TABLES:
                 if t.schema == "public" and t.name != "order_summaries":
                     await conn.execute(f"ALTER TABLE {t.name} SET (autovacuum_enabled = false)")

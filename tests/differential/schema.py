@@ -194,21 +194,10 @@ def _leak_trigger() -> list[str]:
     return out
 
 
-def floor_sql(database: str = DATABASE) -> list[str]:
-    """The PostgreSQL floor the proxy's upstream role stands on (what
-    ``tenant-proxy install`` derives from the rules): a non-superuser role with the
-    rules' privileges and FORCE RLS policies keyed on ``tenant_proxy.tenant``.
-    The role's own default for the setting is tenant 1, the only tenant the
-    fuzzer's bound login acts for."""
-    out = [f"DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{FLOOR_ROLE}') "
-           f"THEN CREATE ROLE {FLOOR_ROLE} LOGIN NOSUPERUSER NOBYPASSRLS "
-           f"PASSWORD '{FLOOR_PASSWORD}'; END IF; END $$"]
-    out += _grants(FLOOR_ROLE)
-    for t in TENANT_TABLES:
-        check = f"{t.tenant_col} = {_tenant_expr('tenant_proxy.tenant')}"
-        out.append(f"ALTER TABLE {t.name} FORCE ROW LEVEL SECURITY")
-        out.append(f"CREATE POLICY tenant_proxy_floor ON {t.name} TO {FLOOR_ROLE} "
-                   f"USING ({check}) WITH CHECK ({check})")
-    out.append(f"ALTER ROLE {FLOOR_ROLE} IN DATABASE {database} "
-               f"SET tenant_proxy.tenant = '{TENANT}'")
-    return out
+def floor_role_sql() -> list[str]:
+    """The non-superuser role the proxy's upstream runs as with the floor on; its
+    policies and grants come from ``tenant-proxy install`` (proxy.floor), and it has
+    no default for ``tenant_proxy.tenant``: only the proxy sets it."""
+    return [f"DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{FLOOR_ROLE}') "
+            f"THEN CREATE ROLE {FLOOR_ROLE} LOGIN NOSUPERUSER NOBYPASSRLS "
+            f"PASSWORD '{FLOOR_PASSWORD}'; END IF; END $$"]
