@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from proxy.sql.copyin import CopyFormat
 from proxy.sql.plan import SqlObject
@@ -23,7 +23,7 @@ from proxy.sql.sealing import SealedValue
 from proxy.wire.frontend import Parse
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Prepared:
     """A prepared statement, however it was prepared."""
 
@@ -47,7 +47,7 @@ class Prepared:
     due: int = 0
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Portal:
     """A portal: a protocol Bind or a SQL cursor."""
 
@@ -79,10 +79,20 @@ class Names(Generic[E]):
     def define(self, name: str, entry: E, due: int) -> None:
         """Sent: until the answer, the name may mean this entry or the old ones."""
         entry.due = due
-        self._entries.setdefault(name, []).append(entry)
+        entries = self._entries.get(name)
+        if entries is None:
+            self._entries[name] = [entry]
+        else:
+            entries.append(entry)
+
+    def only(self, name: str, entry: E) -> bool:
+        """Whether ``entry`` is the one thing ``name`` can mean now."""
+        entries = self._entries.get(name)
+        return entries is not None and len(entries) == 1 and entries[0] is entry
 
     def confirm(self, name: str, entry: E) -> None:
-        if any(e is entry for e in self.get(name)):
+        entries = self._entries.get(name, ())
+        if entries and (entries[-1] is entry or any(e is entry for e in entries)):
             entry.confirmed = True
             self._entries[name] = [entry]
 
@@ -117,7 +127,7 @@ EXECUTED = (b"C"[0], b"I"[0], b"s"[0])
 QUERY = b"Q"[0]
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Step:
     """A message sent upstream whose answer settles state or may start a COPY."""
 
@@ -127,6 +137,11 @@ class Step:
     kind: int
     done: Callable[[], None] | None = None
     failed: Callable[[], None] | None = None
+    #: A name it defines: confirmed by the answer, dropped by a failure (kept here
+    #: rather than as callbacks: a Parse or Bind on the hot path allocates less).
+    names: Names[Any] | None = None
+    name: str = ""
+    entry: Any = None
     #: For executions: whether a COPY ... FROM STDIN may run, and how its rows are checked.
     copies: bool = False
     copy_in: CopyFormat | None = None
@@ -165,6 +180,8 @@ class Steps:
         expected = EXECUTED[0] if kind in EXECUTED else kind
         if head.kind == expected:
             self._steps.popleft()
+            if head.names is not None:
+                head.names.confirm(head.name, head.entry)
             if head.done is not None:
                 head.done()
 
@@ -172,6 +189,8 @@ class Steps:
         current = self.received + 1
         while self._steps and self._steps[0].due <= current:
             step = self._steps.popleft()
+            if step.names is not None:
+                step.names.fail(step.name, step.entry)
             if step.failed is not None:
                 step.failed()
 

@@ -85,6 +85,9 @@ class TenantSession:
     #: Decrypts result rows; None when no column is encrypted.
     results: ResultDecryptor | None = None
     _counters: dict[tuple[str, str | None, str], Any] = field(default_factory=dict, repr=False)
+    #: (plan, tenant, Parse, entry) of the last unnamed statement parsed.
+    _last_unnamed: tuple[Plan, str | None, Parse, Prepared] | None = field(default=None,
+                                                                           repr=False)
 
     def __post_init__(self) -> None:
         self.tenant = self.startup_tenant
@@ -119,15 +122,20 @@ class TenantSession:
         try:
             plan, literals = self.engine.plan_query(sql)
             new_sql = self._apply(plan, literals)
-            step = Step(self.rfq_due, QUERY, copies="CopyStmt" in plan.kinds,
-                        copy_in=plan.copy_in, tenant=self.current)
-            if plan.sql_object is not None:
-                self._sql_object(plan.sql_object, self._inner(plan), step)
+            # Only a COPY or a SQL-level name needs the server's answer; a CopyInResponse
+            # in an epoch with no step is refused (fail closed).
+            step = None
+            if plan.sql_object is not None or "CopyStmt" in plan.kinds:
+                step = Step(self.rfq_due, QUERY, copies="CopyStmt" in plan.kinds,
+                            copy_in=plan.copy_in, tenant=self.current)
+                if plan.sql_object is not None:
+                    self._sql_object(plan.sql_object, self._inner(plan), step)
         except PgError as exc:
             self._count(plan, "refused", exc, start, sql)
             raise
         self._count(plan, "forwarded" if new_sql is None else "rewritten", None, start, sql)
-        self.steps.add(step)
+        if step is not None:
+            self.steps.add(step)
         return new_sql
 
     def parse(self, message: Parse) -> Parse | None:
@@ -142,11 +150,11 @@ class TenantSession:
         self._count(plan, "forwarded" if new_sql is None else "rewritten", None, start,
                     message.sql)
         sealed = dict(plan.sealing.params) if plan.sealing is not None else {}
-        prepared = Prepared(self.current if plan.needs_tenant else None, plan.tenant_params,
-                            message, sealed, encrypted=plan.sealing is not None,
-                            copies="CopyStmt" in plan.kinds, copy_in=plan.copy_in,
-                            sql_object=plan.sql_object, prepares=self._inner(plan))
-        self._define(self.statements, message.name, prepared, PARSED)
+        prepared = self._prepared(message, plan, sealed)
+        if not (prepared.confirmed and self.statements.only(message.name, prepared)):
+            # (The unnamed statement parsed again as it is: a failure would leave the
+            # proxy expecting a statement the server dropped, which fails there too.)
+            self._define(self.statements, message.name, prepared, PARSED)
         types = message.param_types
         if plan.sealing is not None:
             # The server types these parameters as bytea (or bytea[]): the client's
@@ -156,6 +164,26 @@ class TenantSession:
             return None
         return Parse(message.name, new_sql or message.sql, types)
 
+    def _prepared(self, message: Parse, plan: Plan, sealed: dict[int, SealedValue]
+                  ) -> Prepared:
+        """The namespace entry of a Parse. The unnamed statement parsed again with the
+        same text and plan for the same tenant (drivers do it for every statement)
+        reuses its entry: PostgreSQL drops the unnamed statement at each Parse, so the
+        reused entry stands for exactly what a new one would."""
+        tenant = self.current if plan.needs_tenant else None
+        last = self._last_unnamed
+        if last is not None and last[0] is plan and last[1] == tenant and \
+                message.name == "" and last[2].param_types == message.param_types:
+            return last[3]  # the same plan is the same text
+        prepared = Prepared(tenant, plan.tenant_params, message, sealed,
+                            encrypted=plan.sealing is not None,
+                            copies="CopyStmt" in plan.kinds, copy_in=plan.copy_in,
+                            sql_object=plan.sql_object,
+                            prepares=None if plan.sql_object is None else self._inner(plan))
+        if message.name == "":
+            self._last_unnamed = (plan, tenant, message, prepared)
+        return prepared
+
     def _count(self, plan: Plan | None, outcome: str, error: PgError | None,
                start: float, sql: str) -> None:
         """Metrics, anomaly score and audit record of one statement. In enforce mode
@@ -163,8 +191,9 @@ class TenantSession:
         metrics = self.engine.metrics
         verdict = None
         anomaly = self.engine.anomaly
+        tenant = self.current
         if anomaly is not None and plan is not None:
-            verdict = anomaly.assess(self.role, self.current, plan.fingerprint, plan.facts, sql,
+            verdict = anomaly.assess(self.role, tenant, plan.fingerprint, plan.facts, sql,
                                      error is not None, self.activity)
             metrics.anomaly_score.observe(verdict.score)
             if verdict.refuse and error is None and plan.identity is None:
@@ -180,16 +209,16 @@ class TenantSession:
             kind = "identity"
         else:
             kind = STATEMENT_KINDS.get(plan.kinds[0], "utility") if plan and plan.kinds else "other"
-        key = (kind, self.current, outcome)
+        key = (kind, tenant, outcome)
         counter = self._counters.get(key)
         if counter is None:
             counter = self._counters[key] = metrics.statements.labels(
-                kind, metrics.tenant_label(self.current), self.role, outcome)
+                kind, metrics.tenant_label(tenant), self.role, outcome)
         counter.inc()
         if error is not None:
             metrics.refusals.labels(error.reason).inc()
         if self.engine.audit is not None:
-            audit_statement(self.engine.audit, self.role, self.current, kind,
+            audit_statement(self.engine.audit, self.role, tenant, kind,
                             plan.fingerprint if plan else fingerprint(sql), outcome, error,
                             plan.facts.relations if plan else (), verdict)
         if error is not None and outcome == "refused" and error.reason == "anomaly":
@@ -280,7 +309,8 @@ class TenantSession:
 
     def ready(self, status: bytes, number: int) -> None:
         self.steps.ready(number)
-        self._copy_stop()
+        if self.copying or self.copy is not None:
+            self._copy_stop()
         if status == b"I":
             if len(self.portals):
                 self.portals.clear(keep=lambda p: p.hold)
@@ -359,8 +389,7 @@ class TenantSession:
     def _define(self, names: Names[Any], name: str, entry: Any, kind: int) -> None:
         """A protocol Parse or Bind sent: the name is settled by its answer."""
         names.define(name, entry, self.rfq_due)
-        self.steps.add(Step(self.rfq_due, kind, functools.partial(names.confirm, name, entry),
-                            functools.partial(names.fail, name, entry)))
+        self.steps.add(Step(self.rfq_due, kind, names=names, name=name, entry=entry))
 
     def _close_step(self, kind: str, name: str) -> None:
         names: Names[Any] = self.statements if kind == "S" else self.portals
@@ -401,8 +430,7 @@ class TenantSession:
 
     def _pending(self, names: Names[Any], name: str, entry: Any, step: Step) -> None:
         names.define(name, entry, step.due)
-        step.done = functools.partial(names.confirm, name, entry)
-        step.failed = functools.partial(names.fail, name, entry)
+        step.names, step.name, step.entry = names, name, entry
 
     def _execute_sql(self, obj: SqlObject, step: Step) -> None:
         """SQL EXECUTE: the checks of every statement the name may stand for."""
@@ -439,8 +467,8 @@ class TenantSession:
         if plan.needs_tenant and tenant is None:
             raise Refused("no tenant is set for this session", hint=_NO_TENANT_HINT,
                           reason="no_tenant")
-        checked = list(plan.tenant_literals)
-        if literals is not None:
+        checked: list[str] = list(plan.tenant_literals) if plan.tenant_literals else []
+        if literals is not None and plan.tenant_params:
             checked += [_literal_value(literals[n - 1]) or literals[n - 1]
                         for n in plan.tenant_params]
         for literal in checked:
