@@ -8,33 +8,26 @@ here knows about sessions or tenants; ``proxy.session`` applies plans.
 from __future__ import annotations
 
 import logging
-import re
 from dataclasses import replace
 
-import sqlglot
 from pglast import ast, enums
 
 from proxy.errors import PgError, Refused, Unsupported
-from proxy.policy.rules import Rules, TableRule
+from proxy.policy.rules import Rules
+from proxy.sql import passes
 from proxy.sql.builtins import SAFE_SETTINGS
 from proxy.sql.copyin import CopyFormat
 from proxy.sql.facts import statement_facts
 from proxy.sql.plan import IdentityAction, Plan, SqlObject
-from proxy.sql.relations import check_row_locks, check_sequences, classify
-from proxy.sql.scope import Reference, references
-from proxy.sql.sealing import Sealing, seal_statement
+from proxy.sql.scope import references
+from proxy.sql.sealing import Sealing
 from proxy.sql.sidechannels import check_show
-from proxy.sql.sidechannels import check_statement as check_side_channels
-from proxy.sql.splice import TENANT_SENTINEL, Splicer
+from proxy.sql.splice import TENANT_SENTINEL
 from proxy.sql.statements import (
     DATA_STATEMENTS,
     Statement,
     SyntaxErr,
-    check_functions,
-    check_node_types,
-    check_pg_class,
     split,
-    walk,
 )
 from proxy.sql.verify import verify
 
@@ -65,106 +58,18 @@ class _Data:
         self.copy_in, self.sealing = copy_in, sealing
 
 
-def _checked_nodes(stmt: Statement) -> list[ast.Node]:
-    """The nodes the syntax and function checks see: a PREPARE's or DECLARE's query."""
-    node = stmt.node
-    if isinstance(node, (ast.PrepareStmt, ast.DeclareCursorStmt)):
-        return walk(node.query) + walk(getattr(node, "argtypes", None))
-    if isinstance(node, ast.CopyStmt):
-        return walk(node.query) + walk(node.relation) + walk(node.attlist) + walk(
-            node.whereClause)
-    return stmt.nodes
-
-
-def _encrypted_tables(refs: list[Reference], rules: Rules) -> set[str]:
-    if rules.encryption is None or not rules.encryption.columns:
-        return set()
-    return {r.qualified for r in refs if r.role != "cte"} & set(rules.encryption.columns)
-
-
-def _sealed(stmt: Statement, kind: type[ast.Node], rules: Rules
-            ) -> tuple[Statement, Sealing | None]:
-    """The statement with encrypted-column values marked for sealing (sqlglot), and
-    what to seal; the statement as it is when it touches no encrypted column."""
-    try:
-        trees = sqlglot.parse(stmt.text, read="postgres")
-    except Exception as exc:  # sqlglot raises more than ParseError on odd input
-        raise Unsupported("tenant-proxy cannot analyze this statement for encrypted columns",
-                          detail=str(exc).splitlines()[0][:200]) from exc
-    if len(trees) != 1 or trees[0] is None:
-        raise Unsupported("tenant-proxy cannot analyze this statement for encrypted columns")
-    sealing = seal_statement(trees[0], rules)
-    if not sealing.params and not sealing.literals:
-        return stmt, sealing or None
-    (again,) = split(trees[0].sql(dialect="postgres"))
-    if not isinstance(again.node, kind):
-        raise Unsupported("tenant-proxy cannot analyze this statement for encrypted columns")
-    return again, sealing
-
-
-_RESERVED = "__tenant_proxy_"
-
-
-def _check_reserved(stmt: Statement) -> None:
-    """The names the rewriter writes (the tenant sentinel, sealed placeholders) are
-    the client's in no spelling: not in the text, in any case, nor in any name or
-    string the parser decoded (U&"..." escapes included)."""
-    if _RESERVED in stmt.text.lower() or any(
-            isinstance(n, ast.String) and n.sval.lower().startswith(_RESERVED)
-            for n in stmt.nodes):
-        raise Refused(f"statements may not contain names starting with {_RESERVED}",
-                      hint="They are reserved for the proxy's own rewriting.")
-
-
 def plan_data(stmt: Statement, rules: Rules) -> _Data:
     """Check and scope one data statement (SELECT, INSERT, UPDATE, DELETE, COPY,
-    or SQL PREPARE/DECLARE of one): classify every relation reference, then splice
-    the tenant in where it is read or written."""
-    node = stmt.node
-    if isinstance(node, ast.SelectStmt) and node.intoClause is not None:
-        raise Refused("SELECT INTO creates a table; DDL is not allowed",
-                      hint="Use INSERT INTO ... SELECT into an existing table.")
-    if isinstance(node, ast.MergeStmt):
-        raise Unsupported("MERGE is not supported by tenant-proxy",
-                          hint="Use INSERT ... ON CONFLICT, UPDATE or DELETE.")
-    nodes = _checked_nodes(stmt)
-    check_node_types(nodes)
-    check_functions(nodes, rules)
-    check_side_channels(node, nodes)
-    refs = references(node)
-    for ref in refs:
-        classify(rules, ref)
-    check_row_locks(rules, refs)
-    check_sequences(rules, nodes)
-    if any(r.qualified == "pg_catalog.pg_class" and r.role == "read" for r in refs):
-        check_pg_class(nodes)
-    relations = [r.qualified for r in refs if r.role != "cte"]
-    sealing = None
-    if _encrypted_tables(refs, rules) and not isinstance(node, ast.CopyStmt):
-        stmt, sealing = _sealed(stmt, type(node), rules)
-        refs = references(stmt.node)
-    splicer = Splicer(stmt.text, stmt.offset, rules, stmt.nodes)
-    copy_in = None
-    for ref in refs:
-        rule = rules.table(ref.qualified) if ref.role != "cte" else None
-        if rule is None or rule.scope != "tenant":
-            continue
-        if ref.role == "read" and isinstance(ref.writer, ast.CopyStmt):
-            splicer.scope_copy_to(ref, rule)
-        elif ref.role == "read":
-            splicer.scope_read(ref, rule)
-        elif ref.role == "copy-from":
-            copy_in = _copy_in_format(ref, rule, rules, splicer.scope_copy_from(ref, rule))
-        elif isinstance(ref.writer, ast.InsertStmt):
-            splicer.scope_insert(ref, rule)
-        else:
-            splicer.scope_update_delete(ref, rule)
-    out = splicer.out
-    text = splicer.result() if splicer.edits else stmt.text
+    or SQL PREPARE/DECLARE of one) with the planner's passes."""
+    ctx = passes.run(stmt, rules)
+    splicer, sealing = ctx.splicer, ctx.sealing
+    assert splicer is not None
+    text = splicer.result() if splicer.edits else ctx.stmt.text
     changed = text != stmt.text or (sealing is not None and bool(sealing.params
                                                                 or sealing.literals))
+    out = splicer.out
     return _Data(text, changed, out.needs_tenant, out.tenant_params, out.tenant_literals,
-                 relations, copy_in=copy_in, sealing=sealing)
+                 ctx.relations, copy_in=ctx.copy_in, sealing=sealing)
 
 
 def _setting_plan(node: ast.VariableSetStmt, rules: Rules) -> IdentityAction | None:
@@ -291,73 +196,11 @@ def _copy(stmt: Statement, rules: Rules) -> _Data:
         rule = rules.table(references(node)[0].qualified)
         if rule is not None and rule.scope == "tenant":
             raise Unsupported("COPY FROM ... WHERE is not supported for tenant-scoped tables")
-    if not node.is_from and _encrypted_tables(references(node), rules):
+    if not node.is_from and passes.encrypted_tables(references(node), rules):
         raise Unsupported("COPY ... TO of a table with encrypted columns is not supported",
                           hint="Read encrypted columns with SELECT; the proxy decrypts "
                                "result rows, not COPY data.", reason="encrypted_column")
     return plan_data(stmt, rules)
-
-
-def _copy_in_format(ref: Reference, rule: TableRule, rules: Rules, filled: bool
-                    ) -> CopyFormat:
-    """How the session checks (or fills) the tenant column of COPY ... FROM rows."""
-    node = ref.writer
-    assert isinstance(node, ast.CopyStmt)
-    opts = {o.defname: o.arg for o in node.options or ()}
-    fmt = opts.get("format")
-    kind = fmt.sval if isinstance(fmt, ast.String) else "text"
-    if kind == "binary":
-        raise Unsupported("binary COPY into a tenant-scoped table is not supported",
-                          hint="Use COPY ... FROM STDIN in text or CSV format.")
-    encoding = opts.get("encoding")
-    if encoding is not None and not (isinstance(encoding, ast.String) and re.sub(
-            r"[^a-z0-9]", "", encoding.sval.lower()) in ("utf8", "unicode")):
-        raise Unsupported("COPY into a tenant-scoped table must use the UTF8 encoding",
-                          hint="The proxy checks rows as UTF-8; another encoding would "
-                               "split them differently from the server.")
-    header = opts.get("header")
-    if isinstance(header, ast.String) and header.sval.lower() == "match":
-        raise Unsupported("COPY ... HEADER MATCH is not supported for tenant-scoped tables")
-
-    def text_opt(name: str, default: str) -> str:
-        arg = opts.get(name)
-        return arg.sval if isinstance(arg, ast.String) else default
-
-    forced = [name for name in ("force_null", "force_not_null", "default") if name in opts]
-    if forced:
-        raise Unsupported(f"COPY option {forced[0].upper()} is not supported for "
-                          "tenant-scoped tables",
-                          hint="It changes which fields read as NULL, so the proxy's check "
-                               "of the tenant column could see another value than the "
-                               "server stores.")
-    columns = [c.sval for c in node.attlist or ()]
-    csv = kind == "csv"
-    quote = text_opt("quote", '"')
-    encrypted = rules.encryption.columns.get(ref.qualified, {}) if rules.encryption else {}
-    sealed = tuple((i, encrypted[c]) for i, c in enumerate(columns) if c in encrypted)
-    if sealed and any(name in opts for name in ("null", "force_null", "force_not_null",
-                                                "default")):
-        raise Unsupported("COPY options NULL, DEFAULT, FORCE_NULL and FORCE_NOT_NULL are not "
-                          "supported with encrypted columns", reason="encrypted_column")
-    return CopyFormat(
-        csv=csv, delimiter=text_opt("delimiter", "," if csv else "\t"), quote=quote,
-        escape=text_opt("escape", quote), header=_copy_flag(opts, "header"),
-        tenant_index=None if filled else columns.index(rule.column or ""), sealed=sealed,
-        null=text_opt("null", "") if "null" in opts else None)
-
-
-def _copy_flag(opts: dict[str, object], name: str) -> bool:
-    """A boolean COPY option: present without a value means true."""
-    if name not in opts:
-        return False
-    arg = opts[name]
-    if isinstance(arg, ast.Boolean):
-        return bool(arg.boolval)
-    if isinstance(arg, ast.Integer):
-        return arg.ival != 0
-    if isinstance(arg, ast.String):
-        return arg.sval.lower() in ("true", "on", "1")
-    return True
 
 
 def plan_statement(sql: str, rules: Rules, *, extended: bool = False) -> Plan:
@@ -412,7 +255,7 @@ def _plan_statements(statements: list[Statement], kinds: tuple[str, ...], rules:
     sql_object: SqlObject | None = None
     sealing: Sealing | None = None
     for stmt in statements:
-        _check_reserved(stmt)
+        passes.check_reserved(stmt)
         if rules.sql_prepare and stmt.kind in _SQL_OBJECT_STATEMENTS:
             if len(statements) > 1:
                 raise Refused(f"{stmt.kind.removesuffix('Stmt').upper()} must be sent on its "
