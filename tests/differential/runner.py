@@ -23,6 +23,7 @@ from proxy.config.settings import Settings
 from proxy.floor.install import install
 from proxy.floor.spec import FloorSpec
 from proxy.policy.rules import parse_rules
+from proxy.sql.engine import plan_statement
 from proxy.wire import backend as be
 from proxy.wire import frontend as fe
 from tests.certs import CertFiles
@@ -231,6 +232,17 @@ class Judge:
     def __init__(self, markers: frozenset[str], admin: Side) -> None:
         self.markers = markers
         self.admin = admin
+        self.rules = parse_rules(schema.RULES_YAML)
+
+    def sent(self, stmt: Statement, params: tuple[str | None, ...] | None) -> str:
+        """The text the proxy sends upstream for the statement (planned in-process)."""
+        sql = stmt.sql if params is None else stmt.param_sql
+        plan = plan_statement(sql, self.rules, extended=params is not None)
+        return plan.render(str(schema.TENANT)) or sql
+
+    def _own_world(self, stmt: Statement, params: tuple[str | None, ...] | None) -> Result:
+        """The proxy's own statement with every row tenant 1 may not see gone."""
+        return self.admin.run(self.sent(stmt, params), params, OWN_WORLD)
 
     def verdict(self, stmt: Statement, params: tuple[str | None, ...] | None, rls: Result,
                 proxy: Result, leaked: int) -> Verdict:
@@ -289,15 +301,15 @@ class Judge:
         alike = error_class(proxy.sqlstate)
         if error_class(self.unscoped(stmt, params).sqlstate) != alike:
             return False
-        sql = stmt.sql if params is None else stmt.param_sql
-        return error_class(self.admin.run(sql, params, OWN_WORLD).sqlstate) != alike
+        # The proxy's own statement, run where hidden rows do not exist: if it still
+        # fails, the failing value was one tenant 1 may see (its plan, not RLS's).
+        return error_class(self._own_world(stmt, params).sqlstate) != alike
 
     def _fails_on_own_rows(self, stmt: Statement, params: tuple[str | None, ...] | None,
                            proxy: Result) -> bool:
-        """The statement fails like the proxy's with only tenant 1's rows left: the
+        """The proxy's statement fails alike with only tenant 1's rows left: the
         failing value is one the tenant may see."""
-        sql = stmt.sql if params is None else stmt.param_sql
-        return error_class(self.admin.run(sql, params, OWN_WORLD).sqlstate) == \
+        return error_class(self._own_world(stmt, params).sqlstate) == \
             error_class(proxy.sqlstate)
 
     def _leak_or(self, stmt: Statement, params: tuple[str | None, ...] | None, rls: Result,
@@ -309,7 +321,9 @@ class Judge:
         evidence = unscoped.rows or unscoped.copy or _count(unscoped.tag)
         if evidence and unscoped.tag == proxy.tag and unscoped.same_data(proxy, False) \
                 and not (rls.ok and rls.tag == unscoped.tag and rls.same_data(unscoped, False)):
-            return Verdict(MISMATCH, LEAK, f"{why}; equals the statement without RLS")
+            own = self._own_world(stmt, params)
+            if not (own.ok and own.tag == proxy.tag and own.same_data(proxy, False)):
+                return Verdict(MISMATCH, LEAK, f"{why}; equals the statement without RLS")
         if rls.ok and _more(proxy, rls):
             return Verdict(MISMATCH, LEAK, f"{why}; more rows than RLS allows (an oracle on "
                                            "hidden rows)")
