@@ -243,3 +243,18 @@ def test_copy_from_options_that_change_null_reach_the_row_check() -> None:
     for option in ("FORCE_NULL (tenant_id)", "FORCE_NOT_NULL (total)"):
         assert refused(f"COPY orders (tenant_id, total) FROM STDIN WITH (FORMAT csv, {option})")\
             == "0A000"
+
+
+def test_writes_that_keep_the_tenant_are_accepted_as_rls_accepts_them() -> None:
+    assert sent("UPDATE users SET tenant_id = tenant_id") == \
+        'UPDATE users SET tenant_id = tenant_id WHERE "users"."tenant_id" = 7'
+    assert sent("INSERT INTO orders DEFAULT VALUES RETURNING id") == \
+        'INSERT INTO orders ("tenant_id") VALUES (7) RETURNING id'
+    assert sent("INSERT INTO orders (tenant_id, total) VALUES (DEFAULT, 5), (7, DEFAULT)") == \
+        "INSERT INTO orders (tenant_id, total) VALUES (7, 5), (7, DEFAULT)"
+    assert "SET tenant_id = EXCLUDED.tenant_id WHERE CASE" in sent(
+        "INSERT INTO orders (id, tenant_id) VALUES (1, 7) ON CONFLICT (id) DO UPDATE SET "
+        "tenant_id = EXCLUDED.tenant_id")
+    for sql in ("UPDATE users u SET tenant_id = x.tenant_id FROM users x",
+                "UPDATE users SET tenant_id = id", "UPDATE users SET tenant_id = tenant_id + 1"):
+        assert refused(sql) == "42501"

@@ -81,6 +81,20 @@ def type_name(node: ast.TypeName) -> str:
     return node.names[-1].sval if node.names else ""
 
 
+def target_name(node: ast.RangeVar) -> str:
+    """How a write target's columns are qualified: its alias, else its name."""
+    return node.alias.aliasname if node.alias is not None else node.relname
+
+
+def same_column(value: object, column: str | None, names: tuple[str, ...]) -> bool:
+    """``value`` is the tenant column itself (``col``, ``t.col``, ``excluded.col``)."""
+    if not isinstance(value, ast.ColumnRef):
+        return False
+    fields = [getattr(f, "sval", None) for f in value.fields]
+    return fields[-1] == column and (len(fields) == 1 or (
+        len(fields) == 2 and fields[0] in names))
+
+
 class Splicer:
     """Edits for one statement text; ``base`` is its offset in the parsed text."""
 
@@ -210,7 +224,7 @@ class Splicer:
     def scope_update_delete(self, ref: Reference, rule: TableRule) -> None:
         writer = ref.writer
         if isinstance(writer, ast.UpdateStmt):
-            self.check_assignments(writer.targetList or (), rule)
+            self.check_assignments(writer.targetList or (), rule, (target_name(ref.node),))
         lo, hi, depth = self.statement_range(ref)
         self.and_where(lo, hi, depth, self.predicate(ref, rule), after=lo)
         self.out.needs_tenant = True
@@ -238,9 +252,12 @@ class Splicer:
         else:
             self.insert(toks.end(hi - 1), f" WHERE {predicate}")
 
-    def check_assignments(self, targets: tuple[ast.Node, ...], rule: TableRule) -> None:
+    def check_assignments(self, targets: tuple[ast.Node, ...], rule: TableRule,
+                          names: tuple[str, ...]) -> None:
         """SET may name the tenant column only to assign the tenant itself (ORMs write
-        every column); anything else would move a row to another tenant."""
+        every column), or the column's own value (``names``: the target's name, and
+        ``excluded`` in ON CONFLICT, whose tenant value is checked as inserted);
+        anything else would move a row to another tenant."""
         for target in targets:
             if not isinstance(target, ast.ResTarget) or target.name != rule.column:
                 continue
@@ -255,7 +272,7 @@ class Splicer:
                     raise Refused(f'changing the tenant column "{rule.column}" is not allowed',
                                   hint=_TENANT_CHANGE_HINT, reason="tenant_change")
                 value = source.args[value.colno - 1]
-            if not self.check_value(value):
+            if not (same_column(value, rule.column, names) or self.check_value(value)):
                 raise Refused(f'changing the tenant column "{rule.column}" is not allowed',
                               hint=_TENANT_CHANGE_HINT, reason="tenant_change")
 
@@ -285,6 +302,9 @@ class Splicer:
         assert isinstance(writer, ast.InsertStmt) and rule.column is not None
         column = rule.column
         self.out.needs_tenant = True
+        if writer.selectStmt is None and not writer.cols:  # DEFAULT VALUES
+            self._default_values(ref, column)
+            return
         if not writer.cols:
             raise Refused("INSERT into a tenant-scoped table needs a column list",
                           hint=f'Name the columns, with or without "{column}".')
@@ -298,21 +318,62 @@ class Splicer:
         last_col = self.tok(writer.cols[-1].location)
         cols_close = self.toks.closing(last_col)
         if column in names:
-            self._check_source(source, names.index(column), len(names), column)
+            self._check_source(source, names.index(column), len(names), column,
+                               cols_close + 1, hi, depth)
         else:
             self.insert(self.toks.start(cols_close), f", {ident(column)}")
             self._fill_source(source, cols_close + 1, hi, depth)
         conflict = writer.onConflictClause
         if conflict is not None and conflict.action == enums.OnConflictAction.ONCONFLICT_UPDATE:
-            self.check_assignments(conflict.targetList or (), rule)
+            self.check_assignments(conflict.targetList or (), rule,
+                                   (target_name(ref.node), "excluded"))
             self._guard_conflict(ref, rule, lo, hi, depth)
 
+    def _default_values(self, ref: Reference, column: str) -> None:
+        """``DEFAULT VALUES`` becomes ``(<tenant column>) VALUES (<tenant>)``."""
+        lo, hi, depth = self.statement_range(ref)
+        default = self.toks.find(["DEFAULT"], lo, hi, depth)
+        if default is None or self.toks.name(default + 1) != "VALUES":
+            raise Unsupported("tenant-proxy cannot analyze this INSERT")
+        self.replace(self.toks.start(default), self.toks.end(default + 1),
+                     f"({ident(column)}) VALUES ({TENANT_SENTINEL})")
+
+    def _rows(self, lo: int, hi: int, depth: int, count: int) -> list[int]:
+        """The opening parenthesis of each VALUES row of an INSERT's source."""
+        toks = self.toks
+        end = self._source_end(lo, hi, depth)
+        values = toks.find(["VALUES"], lo, end, depth)
+        rows = [] if values is None else [
+            i for i in range(values, end) if toks.depth[i] == depth and toks.name(i) ==
+            OPEN_PAREN]
+        if len(rows) != count:
+            raise Unsupported("tenant-proxy cannot analyze this VALUES list")
+        return rows
+
+    def _item(self, opener: int, index: int) -> tuple[int, int]:
+        """First and last token of item ``index`` of the list in parenthesis ``opener``."""
+        toks = self.toks
+        depth, close = toks.depth[opener] + 1, toks.match[opener]
+        commas = [i for i in range(opener + 1, close) if toks.depth[i] == depth
+                  and toks.name(i) == COMMA]
+        bounds = [opener, *commas, close]
+        return bounds[index] + 1, bounds[index + 1] - 1
+
     def _check_source(self, source: ast.SelectStmt, index: int, width: int,
-                      column: str) -> None:
+                      column: str, lo: int, hi: int, depth: int) -> None:
         if source.valuesLists:
-            for row in source.valuesLists:
+            rows = self._rows(lo, hi, depth, len(source.valuesLists))
+            for opener, row in zip(rows, source.valuesLists, strict=True):
                 if len(row) != width:
                     raise Unsupported("VALUES rows do not match the column list")
+                if isinstance(row[index], ast.SetToDefault):
+                    # DEFAULT for the tenant column: the tenant, as when it is left out.
+                    first, last = self._item(opener, index)
+                    if first != last or self.toks.name(first) != "DEFAULT":
+                        raise Unsupported("tenant-proxy cannot analyze this VALUES row")
+                    self.replace(self.toks.start(first), self.toks.end(last),
+                                 TENANT_SENTINEL)
+                    continue
                 if not self.check_value(row[index]):
                     raise Refused(f'the value of the tenant column "{column}" must be the '
                                   "tenant id as a literal or a parameter",
@@ -343,13 +404,7 @@ class Splicer:
         toks = self.toks
         end = self._source_end(lo, hi, depth)
         if source.valuesLists:
-            values = toks.find(["VALUES"], lo, end, depth)
-            rows = [] if values is None else [
-                i for i in range(values, end)
-                if toks.depth[i] == depth and toks.name(i) == OPEN_PAREN]
-            if len(rows) != len(source.valuesLists):
-                raise Unsupported("tenant-proxy cannot analyze this VALUES list")
-            for opener in rows:
+            for opener in self._rows(lo, hi, depth, len(source.valuesLists)):
                 self.insert(toks.start(toks.match[opener]), f", {TENANT_SENTINEL}")
             return
         if source.op == enums.SetOperation.SETOP_NONE and source.withClause is None and \

@@ -27,7 +27,7 @@ from pglast import ast, enums
 from proxy.errors import Unsupported
 from proxy.policy.rules import Rules
 from proxy.sql.scope import Reference, references
-from proxy.sql.splice import INNER_ALIAS, TENANT_SENTINEL
+from proxy.sql.splice import INNER_ALIAS, TENANT_SENTINEL, same_column
 
 log = logging.getLogger("tenant_proxy.sql")
 
@@ -142,7 +142,7 @@ def _verify_target(ref: Reference, column: str) -> None:
         if not any(_is_predicate(c, name, column) for c in conjuncts):
             _fail(f"a write to {ref.qualified} is not scoped")
         if isinstance(writer, ast.UpdateStmt):
-            _verify_assignments(writer.targetList or (), column)
+            _verify_assignments(writer.targetList or (), column, (name,))
         return
     if not isinstance(writer, ast.InsertStmt):
         _fail(f"{type(writer).__name__} on {ref.qualified} cannot be verified")
@@ -169,16 +169,17 @@ def _verify_target(ref: Reference, column: str) -> None:
         if not isinstance(guard, ast.CaseExpr) or not guard.args or \
                 not _is_predicate(guard.args[0].expr, name, column):
             _fail(f"ON CONFLICT DO UPDATE on {ref.qualified} is not guarded")
-        _verify_assignments(conflict.targetList or (), column)
+        _verify_assignments(conflict.targetList or (), column, (name, "excluded"))
 
 
-def _verify_assignments(targets: tuple[ast.Node, ...], column: str) -> None:
+def _verify_assignments(targets: tuple[ast.Node, ...], column: str,
+                        names: tuple[str, ...]) -> None:
     for target in targets:
         if isinstance(target, ast.ResTarget) and target.name == column:
             value = target.val
             if isinstance(value, ast.MultiAssignRef) and isinstance(value.source, ast.RowExpr):
                 value = value.source.args[value.colno - 1]
-            if not _checked_value(value, column):
+            if not (same_column(value, column, names) or _checked_value(value, column)):
                 _fail(f'an assignment to the tenant column "{column}" is not checked')
 
 
