@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import asyncpg
@@ -577,6 +577,49 @@ CLASS8 = {
 def test_class8_error_oracle(env: Env, name: str) -> None:
     sql, params = CLASS8[name]
     assert_like_rls(env, sql, params)
+
+
+FLOOR_ROLE, FLOOR_PASSWORD = "attack_floor", "attack-floor-pw"
+
+
+@pytest.fixture(scope="module")
+def floor_env(env: Env, certs: CertFiles, tmp_path_factory: pytest.TempPathFactory
+              ) -> Iterator[Env]:
+    """The same proxy standing on the floor `tenant-proxy install` derives from the
+    rules: a non-superuser upstream role under FORCE row-level security."""
+    from proxy.floor.install import install
+    from proxy.floor.spec import FloorSpec
+    from proxy.policy.rules import parse_rules
+
+    async def setup() -> None:
+        conn = await admin_connect(env.db, CORPUS_DB)
+        try:
+            await conn.execute(f"DROP ROLE IF EXISTS {FLOOR_ROLE}")
+            await conn.execute(f"CREATE ROLE {FLOOR_ROLE} LOGIN NOSUPERUSER NOBYPASSRLS "
+                               f"PASSWORD '{FLOOR_PASSWORD}'")
+            spec = FloorSpec.from_rules(parse_rules(RULES), [FLOOR_ROLE])
+            result = await install(conn, spec, say=lambda _: None)
+            assert not result.remaining, [f.problem for f in result.remaining]
+        finally:
+            await conn.close()
+
+    asyncio.run(setup())
+    rules = tmp_path_factory.mktemp("attack-floor") / "rules.yaml"
+    rules.write_text(RULES)
+    base = corpus_settings(proxy_settings(env.db, certs), rules, {LOGIN: PASSWORD})
+    settings = replace(base, floor="required", upstream=replace(
+        base.upstream, roles={LOGIN: FLOOR_ROLE},
+        passwords={**base.upstream.passwords, FLOOR_ROLE: FLOOR_PASSWORD}))
+    with running_proxy(settings) as proxy:
+        yield Env(proxy, env.db)
+
+
+@pytest.mark.parametrize("name", CLASS8)
+def test_class8_error_oracle_with_the_floor(floor_env: Env, name: str) -> None:
+    """With the floor on, RLS quals are security barriers under the proxy's own
+    scoping: every error oracle gives what RLS alone gives."""
+    sql, params = CLASS8[name]
+    assert_like_rls(floor_env, sql, params)
 
 
 # --- class 9: advisory locks and other per-row counters ---------------------------------------
