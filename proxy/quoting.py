@@ -12,8 +12,8 @@ from __future__ import annotations
 
 def ident(name: str) -> str:
     """``name`` as a quoted identifier (exact case, any character but NUL)."""
-    if "\0" in name:
-        raise ValueError("identifiers cannot contain NUL")
+    if not name or "\0" in name:
+        raise ValueError(f"not a usable SQL name: {name!r}")
     return '"' + name.replace('"', '""') + '"'
 
 

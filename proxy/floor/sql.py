@@ -1,7 +1,8 @@
 """Every SQL statement the floor runs or prints, and its quoting.
 
 Names come from the rules file and the command line; they reach SQL only
-through :func:`ident`, values only through :func:`literal`, and every built
+through :func:`ident`, values only through :func:`literal` (both the proxy's one
+quoting module, ``proxy.quoting``, with the floor's error), and every built
 statement is parsed with PostgreSQL's grammar (pglast) before it is returned,
 so a name can never end a token or add a statement.
 """
@@ -12,6 +13,7 @@ from collections.abc import Iterable
 
 import pglast
 
+from proxy import quoting
 from proxy.sql.engine import TENANT_SETTING
 
 #: The one policy the floor owns on each tenant-scoped table.
@@ -26,18 +28,17 @@ class FloorSqlError(ValueError):
 
 
 def ident(name: str) -> str:
-    """``name`` as a quoted identifier: exact case, any character but NUL."""
-    if not name or "\0" in name:
-        raise FloorSqlError(f"not a usable SQL name: {name!r}")
-    return '"' + name.replace('"', '""') + '"'
+    try:
+        return quoting.ident(name)
+    except ValueError as exc:
+        raise FloorSqlError(str(exc)) from exc
 
 
 def literal(value: str) -> str:
-    """``value`` as a standard string literal (standard_conforming_strings is on
-    in every supported PostgreSQL unless turned off; ``E''`` is never used)."""
-    if "\0" in value:
-        raise FloorSqlError("string literals cannot contain NUL")
-    return "'" + value.replace("'", "''") + "'"
+    try:
+        return quoting.string(value)
+    except ValueError as exc:
+        raise FloorSqlError(str(exc)) from exc
 
 
 def table_name(schema: str, name: str) -> str:
