@@ -80,3 +80,12 @@ def proxy(db: Database, certs: CertFiles, proxy_errors: ProxyErrors) -> Iterator
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return Path(__file__).resolve().parents[1]
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests that need PostgreSQL (the ``db`` fixture, directly or through another)
+    are ``live``: ``pytest -m 'not live'`` is the fast pure subset."""
+    live = pytest.mark.live
+    for item in items:
+        if "db" in getattr(item, "fixturenames", ()):
+            item.add_marker(live)

@@ -164,6 +164,7 @@ def crash_report(artifacts: Path, stderr: str) -> str:
     return "\n".join(lines)
 
 
+@pytest.mark.live  # subprocess fuzzing runs: seconds each
 @pytest.mark.parametrize("name", targets.TARGET_NAMES)
 def test_bounded_fuzz_run(name: str, tmp_path: Path) -> None:
     _atheris()
@@ -180,6 +181,7 @@ def test_bounded_fuzz_run(name: str, tmp_path: Path) -> None:
     assert re.search(r"cov: \d+ ft: \d+", proc.stdout), proc.stdout[-2000:]
 
 
+@pytest.mark.live
 def test_harness_reports_a_crash(tmp_path: Path) -> None:
     """An exception other than PgError fails the run and leaves the input behind."""
     _atheris()

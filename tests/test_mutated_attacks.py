@@ -593,6 +593,7 @@ def test_mutated_attack(env: Env, entry: dict[str, Any]) -> None:
     assert not problems, f"{entry['id']}: {len(problems)} problem(s):\n" + "\n".join(problems)
 
 
+@pytest.mark.live
 def test_mutant_budget() -> None:
     """Runs after the mutants: the totals, and the run cannot have passed vacuously."""
     print(f"\nmutated attacks: {_totals()}")
