@@ -1,9 +1,7 @@
 """Red-team findings against the rewritten planner, one test per finding.
 
 Each test asserts the secure behaviour (PostgreSQL RLS's answer for tenant 1, or a
-refusal, and nothing of another tenant read or changed) and is marked
-``xfail(strict=True)`` while the finding is open: when a fix lands, the test passes,
-strict xfail turns that into a failure, and the marker is removed.
+refusal, and nothing of another tenant read or changed).
 
 The setup is ``tests/test_attack_classes.py``'s: a proxy in front of the corpus
 database with a login bound to tenant 1, ``multi_statement: allow``,
@@ -62,8 +60,6 @@ ATTRIBUTE_CALLS = {
 }
 
 
-@pytest.mark.xfail(strict=True, reason="finding 1: attribute-notation function calls "
-                                       "((x).f) bypass the function allow-list")
 @pytest.mark.parametrize("name", ATTRIBUTE_CALLS)
 def test_attribute_notation_function_reads_other_tenants(env: Env, name: str) -> None:
     _refused_or_rls(env, ATTRIBUTE_CALLS[name])
@@ -76,8 +72,6 @@ DENIED_IN_ATTRIBUTE_NOTATION = {
 }
 
 
-@pytest.mark.xfail(strict=True, reason="finding 1: denied functions run when called in "
-                                       "attribute notation ((x).pg_read_file)")
 @pytest.mark.parametrize("name", DENIED_IN_ATTRIBUTE_NOTATION)
 def test_attribute_notation_denied_functions_are_refused(env: Env, name: str) -> None:
     try:
@@ -106,8 +100,6 @@ STAR_SHIFT: dict[str, tuple[str, list[Any] | None]] = {
 }
 
 
-@pytest.mark.xfail(strict=True, reason="finding 2: (x).* expansion shifts the checked tenant "
-                                       "value; rows are written for tenant 2")
 @pytest.mark.parametrize("name", STAR_SHIFT)
 def test_star_expansion_cannot_write_another_tenant(env: Env, name: str) -> None:
     sql, params = STAR_SHIFT[name]
@@ -131,8 +123,6 @@ async def _sequence_oid(db: Database) -> int:
         await conn.close()
 
 
-@pytest.mark.xfail(strict=True, reason="finding 3: nextval on a denied table's sequence by a "
-                                       "quoted, upper-case or OID name")
 @pytest.mark.parametrize("spelling", ["quoted", "upper-case", "oid"])
 def test_denied_sequence_under_another_spelling(env: Env, spelling: str) -> None:
     arg = {"quoted": "'\"audit_events_id_seq\"'", "upper-case": "'AUDIT_EVENTS_ID_SEQ'",
@@ -150,8 +140,6 @@ def test_denied_sequence_under_another_spelling(env: Env, spelling: str) -> None
 # ``(u).*``) gains a field RLS never shows.
 
 
-@pytest.mark.xfail(strict=True, reason="finding 4: a system column anywhere adds a field to "
-                                       "whole-row values of scoped tables")
 @pytest.mark.parametrize("sql", [
     "SELECT u FROM users u WHERE u.ctid IS NOT NULL",
     "SELECT row_to_json(o), o.xmin IS NOT NULL FROM orders o",

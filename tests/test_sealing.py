@@ -110,7 +110,7 @@ def test_allowed(sql: str, params: dict[int, bool], literals: list[bool]) -> Non
     ("SELECT id FROM contacts WHERE EXISTS (SELECT 1 FROM visits WHERE email = 'x') "
      "AND id IN (SELECT id FROM patients)", "outer query"),
     ("COPY patients TO STDOUT", "COPY"),
-    ("SELECT (p).ssn FROM patients p WHERE (p).ssn = 'x'", "whole-row"),
+    ("SELECT (p).ssn FROM patients p WHERE (p).ssn = 'x'", "field selection"),
     ("SELECT row_to_json(p) FROM patients p", "whole-row"),
     ("SELECT * FROM patients WHERE patients::text LIKE '%x%'", "whole-row"),
     ("SELECT 1 FROM patients; SELECT 2", "multi"),

@@ -25,6 +25,7 @@ from proxy.sql.sidechannels import check_statement as check_side_channels
 from proxy.sql.splice import Splicer
 from proxy.sql.statements import (
     Statement,
+    check_field_selection,
     check_functions,
     check_node_types,
     check_pg_class,
@@ -113,6 +114,7 @@ def statement_kind(ctx: Context) -> None:
 def syntax(ctx: Context) -> None:
     ctx.nodes = _checked_nodes(ctx.stmt)
     check_node_types(ctx.nodes)
+    check_field_selection(ctx.nodes)
 
 
 def functions(ctx: Context) -> None:

@@ -73,10 +73,46 @@ def check_row_locks(rules: Rules, refs: list[Reference]) -> None:
 _SEQUENCE_FUNCTIONS = frozenset({"nextval", "setval", "currval"})
 
 
+def regclass_name(text: str) -> tuple[str | None, str] | None:
+    """A relation name as PostgreSQL's regclass input reads it (dotted, each part
+    quoted or case-folded), or None where it is not a plain name."""
+    parts, i = [], 0
+    while i <= len(text):
+        if text.startswith('"', i):
+            end, part = i + 1, ""
+            while True:
+                close = text.find('"', end)
+                if close < 0:
+                    return None
+                part += text[end:close]
+                if text.startswith('"', close + 1):
+                    part, end = part + '"', close + 2
+                    continue
+                i = close + 1
+                break
+        else:
+            j = i
+            while j < len(text) and text[j] != ".":
+                j += 1
+            part, i = text[i:j].strip().lower(), j
+            if not part or '"' in part:
+                return None
+        parts.append(part)
+        if i == len(text):
+            break
+        if text[i] != ".":
+            return None
+        i += 1
+    if not 1 <= len(parts) <= 2:
+        return None
+    return (parts[0] if len(parts) == 2 else None), parts[-1]
+
+
 def check_sequences(rules: Rules, nodes: list[ast.Node]) -> None:
     """A sequence belongs to the table whose name prefixes it (``orders_id_seq``, as
     serial and identity columns name them; the longest such table wins): using the
-    sequence of a denied or read-only table is writing to it."""
+    sequence of a denied or read-only table is writing to it. Sequences are named by
+    a constant, read as PostgreSQL reads it (quotes, case)."""
     for node in nodes:
         if not isinstance(node, ast.FuncCall) or node.funcname[-1].sval not in \
                 _SEQUENCE_FUNCTIONS or not node.args:
@@ -84,10 +120,12 @@ def check_sequences(rules: Rules, nodes: list[ast.Node]) -> None:
         arg = node.args[0]
         while isinstance(arg, ast.TypeCast):
             arg = arg.arg
-        if not isinstance(arg, ast.A_Const) or not isinstance(arg.val, ast.String):
-            continue  # sidechannels refuses non-constant sequence names
-        schema, _, name = arg.val.sval.rpartition(".")
-        schema = schema.strip('"') or "public"
+        named = regclass_name(arg.val.sval) if isinstance(arg, ast.A_Const) and \
+            isinstance(arg.val, ast.String) else None
+        if named is None:
+            raise Refused(f"{node.funcname[-1].sval}() must name its sequence with a constant "
+                          "string", reason="function")
+        schema, name = named[0] or "public", named[1]
         owners = [q for q in rules.tables if q.startswith(f"{schema}.")
                   and name.startswith(q.split(".", 1)[1] + "_")]
         if not owners:
@@ -95,5 +133,5 @@ def check_sequences(rules: Rules, nodes: list[ast.Node]) -> None:
         owner = max(owners, key=len)
         rule = rules.tables[owner]
         if rule.scope == "deny" or not rule.writable:
-            raise Refused(f'sequence "{arg.val.sval}" belongs to {owner}, which tenants '
+            raise Refused(f'sequence "{schema}.{name}" belongs to {owner}, which tenants '
                           "cannot write", reason="read_only")

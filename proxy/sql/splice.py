@@ -106,11 +106,21 @@ class Splicer:
         #: Conditions that can fail on a row's values: keep them off other tenants' rows.
         self.fence = conditions_can_fail(nodes)
         self.columns = [n for n in nodes if isinstance(n, ast.ColumnRef)]
-        self.system = sorted({f.sval for n in self.columns for f in n.fields[-1:]
-                              if isinstance(f, ast.String) and f.sval in SYSTEM_COLUMNS})
-        if self.system and any(isinstance(n, ast.A_Star) for n in nodes):
-            raise Unsupported("system columns together with * are not supported",
-                              hint="Name the columns you need.")
+
+    def system_columns(self, name: str) -> list[str]:
+        """The system columns (ctid, xmin, ...) read through FROM item ``name``: its
+        scoping subquery passes them on, since ``SELECT *`` does not. They would
+        widen the item's whole row, so whole-row references to it are refused."""
+        wanted, whole = set(), False
+        for column in self.columns:
+            fields = [f.sval if isinstance(f, ast.String) else "*" for f in column.fields]
+            if fields[-1] in SYSTEM_COLUMNS and (len(fields) == 1 or fields[-2] == name):
+                wanted.add(fields[-1])
+            whole |= fields in (["*"], [name], [name, "*"])
+        if wanted and whole:
+            raise Unsupported(f'system columns together with whole rows of "{name}" (or *) '
+                              "are not supported", hint="Name the columns you need.")
+        return sorted(wanted)
 
     # --- edits -------------------------------------------------------------------
 
@@ -159,7 +169,7 @@ class Splicer:
             last += 1  # the legacy ``table *``
         schema, name = ref.qualified.split(".", 1)
         alias = "" if node.alias is not None else f" AS {ident(node.relname)}"
-        scoped = self.wrapper(schema, name, rule, node.inh) + alias
+        scoped = self.wrapper(schema, name, rule, target_name(node), node.inh) + alias
         if toks.name(first - 1) == "TABLE":  # TABLE t is SELECT * FROM t
             first, scoped = first - 1, f"SELECT * FROM {scoped}"
         self.replace(toks.start(first), toks.end(last), scoped)
@@ -175,9 +185,11 @@ class Splicer:
                 first = self.tok(column.location)
                 self.replace(self.toks.start(first), self.toks.start(first + 2), "")
 
-    def wrapper(self, schema: str, name: str, rule: TableRule, inh: bool = True) -> str:
+    def wrapper(self, schema: str, name: str, rule: TableRule, alias: str,
+                inh: bool = True) -> str:
         assert rule.column is not None
-        extra = "".join(f", {ident(INNER_ALIAS)}.{ident(c)} AS {ident(c)}" for c in self.system)
+        extra = "".join(f", {ident(INNER_ALIAS)}.{ident(c)} AS {ident(c)}"
+                        for c in self.system_columns(alias))
         only = "" if inh else "ONLY "
         fence = " OFFSET 0" if self.fence else ""
         return (f"(SELECT *{extra} FROM {only}{qualified(schema, name)} AS {ident(INNER_ALIAS)}"
@@ -478,7 +490,7 @@ class Splicer:
         columns = ", ".join(ident(c.sval) for c in copy.attlist or ()) or "*"
         schema, name = ref.qualified.split(".", 1)
         self.replace(toks.start(first), toks.end(last),
-                     f"(SELECT {columns} FROM {self.wrapper(schema, name, rule)} AS "
+                     f"(SELECT {columns} FROM {self.wrapper(schema, name, rule, name)} AS "
                      f"{ident(name)})")
         self.out.needs_tenant = True
 

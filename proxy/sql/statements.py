@@ -176,3 +176,32 @@ def check_functions(nodes: Sequence[ast.Node], rules: Rules) -> None:
         raise Refused(f"function {qualified}() is not allowed",
                       hint="User-defined functions must be listed under functions.allow "
                            "in the rules file.", reason="function")
+
+
+#: Functions that, called in attribute notation (``x.nextval``), must be refused
+#: like their ordinary calls: the allow-list only sees FuncCall nodes.
+_ATTRIBUTE_CALLS = frozenset({"nextval", "setval", "currval"}) | frozenset(DENIED_FUNCTIONS)
+
+
+def check_field_selection(nodes: Sequence[ast.Node]) -> None:
+    """``(x).f`` and ``x.y.f`` may be PostgreSQL's attribute notation for the call
+    ``f(x)``, and ``(x).*`` expands to a number of values the proxy cannot count:
+    both are refused, so every call is a FuncCall the function checks see and every
+    list of values has the length its parse tree shows. (``t.col`` and
+    ``schema.t.col`` name columns; only denied functions are refused by name there.)"""
+    relations = {(n.schemaname, n.relname) for n in nodes if isinstance(n, ast.RangeVar)}
+    for n in nodes:
+        if isinstance(n, ast.A_Indirection) and any(
+                isinstance(i, (ast.String, ast.A_Star)) for i in n.indirection):
+            raise Unsupported("field selection on an expression, (x).name or (x).*, is not "
+                              "supported by tenant-proxy",
+                              hint="Call functions as f(x); name the values you need.")
+        if isinstance(n, ast.ColumnRef):
+            names = [getattr(f, "sval", None) for f in n.fields]
+            if len(names) > 3 or (len(names) == 3 and (names[0], names[1]) not in relations):
+                raise Unsupported(f"the name {'.'.join(str(x) for x in names)} is not "
+                                  "supported by tenant-proxy",
+                                  hint="Use table.column or schema.table.column.")
+            if len(names) >= 2 and names[-1] in _ATTRIBUTE_CALLS:
+                raise Refused(f"{names[-1]}() is not allowed, in any notation",
+                              reason="function")

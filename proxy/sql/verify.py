@@ -155,6 +155,10 @@ def _verify_target(ref: Reference, column: str) -> None:
     if not isinstance(source, ast.SelectStmt):
         _fail(f"an INSERT into {ref.qualified} has no checkable source")
         return
+    items = [v for row in source.valuesLists for v in row] if source.valuesLists else \
+        [t.val for t in source.targetList or ()]
+    if any(_expands(v) for v in items):
+        _fail(f"an INSERT into {ref.qualified} has values of uncertain position")
     values = [row[index] for row in source.valuesLists] if source.valuesLists else \
         [source.targetList[index].val] if source.targetList and \
         len(source.targetList) > index else []
@@ -178,9 +182,18 @@ def _verify_assignments(targets: tuple[ast.Node, ...], column: str,
         if isinstance(target, ast.ResTarget) and target.name == column:
             value = target.val
             if isinstance(value, ast.MultiAssignRef) and isinstance(value.source, ast.RowExpr):
+                if any(_expands(v) for v in value.source.args or ()):
+                    _fail("a multiple assignment has values of uncertain position")
                 value = value.source.args[value.colno - 1]
             if not (same_column(value, column, names) or _checked_value(value, column)):
                 _fail(f'an assignment to the tenant column "{column}" is not checked')
+
+
+def _expands(value: object) -> bool:
+    """``x.*`` or ``(x).*``: one item of the parse tree, several values."""
+    fields = value.fields if isinstance(value, ast.ColumnRef) else \
+        value.indirection if isinstance(value, ast.A_Indirection) else ()
+    return bool(fields) and isinstance(fields[-1], ast.A_Star)
 
 
 def _checked_value(value: object, column: str) -> bool:
