@@ -160,6 +160,9 @@ class Steps:
         self._steps: deque[Step] = deque()
         self.received = 0
 
+    def __bool__(self) -> bool:
+        return bool(self._steps)
+
     def add(self, step: Step) -> None:
         self._steps.append(step)
 

@@ -247,9 +247,14 @@ class TenantSession:
             entries = self.statements.get(name, self.rfq_due)
         self._owned(entries, f'prepared statement "{name}"')
         prepared = entries[-1]
-        owner = current if any(p.tenant is not None for p in entries) else None
+        if len(entries) == 1:
+            owner = current if prepared.tenant is not None else None
+            plain = not prepared.sealed and not prepared.params
+        else:
+            owner = current if any(p.tenant is not None for p in entries) else None
+            plain = not any(p.sealed or p.params for p in entries)
         self._define(self.portals, portal, Portal(owner, prepared), BOUND)
-        if not any(p.sealed or p.params for p in entries):
+        if plain:
             return injected  # nothing in the values to check: no need to decode them
         message = Bind.decode(FieldReader(body, "Bind"))
         if prepared.sealed:
@@ -291,16 +296,22 @@ class TenantSession:
         if not portals:
             raise _missing("portal", name)
         self._owned(portals, f'portal "{name}"')
+        if len(portals) == 1:  # the common case, without the lists below
+            only = portals[0].statement
+            if only is None or (not only.copies and only.sql_object is None):
+                return
         statements = [p.statement for p in portals if p.statement is not None]
         copies = [p for p in statements if p.copies]
         if len({id(p.copy_in) for p in copies}) > 1:
             raise Refused(f'portal "{name}" is being bound again; execute it after the '
                           "server has answered")
+        objects = [p for p in statements if p.sql_object is not None]
+        if not copies and not objects:
+            return  # only a COPY or a SQL-level name needs the answer (see query)
         step = Step(self.rfq_due, EXECUTED[0], copies=bool(copies),
                     copy_in=copies[0].copy_in if copies else None, tenant=self.current)
-        for statement in statements:
-            if statement.sql_object is not None:
-                self._sql_object(statement.sql_object, statement.prepares, step)
+        for statement in objects:
+            self._sql_object(statement.sql_object, statement.prepares, step)
         self.steps.add(step)
 
     def close(self, body: bytes) -> None:
@@ -318,9 +329,10 @@ class TenantSession:
                 self.local_until = self.local_tenant = None
 
     def answered(self, kind: int) -> None:
-        if kind in EXECUTED:
+        if (self.copying or self.copy is not None) and kind in EXECUTED:
             self._copy_stop()
-        self.steps.answered(kind)
+        if self.steps:
+            self.steps.answered(kind)
 
     def failed(self) -> None:
         self._copy_stop()
@@ -382,6 +394,8 @@ class TenantSession:
 
     def _owned(self, entries: list[Prepared] | list[Portal], what: str) -> None:
         current = self.current
+        if len(entries) == 1 and entries[0].tenant in (None, current):
+            return
         if any(e.tenant is not None and e.tenant != current for e in entries):
             raise Refused(f"{what} was opened for another tenant",
                           hint="Prepare or open it again after switching tenant.")
