@@ -108,8 +108,9 @@ class Names(Generic[E]):
             self._set(name, [e for e in self._entries[name] if keep(e) or not e.confirmed])
 
     def clear(self, keep: Callable[[E], bool]) -> None:
-        for name in list(self._entries):
-            self._set(name, [e for e in self._entries[name] if keep(e)])
+        """Every entry but those ``keep`` says to keep (all of them, usually, at once)."""
+        kept = {name: [e for e in entries if keep(e)] for name, entries in self._entries.items()}
+        self._entries = {name: entries for name, entries in kept.items() if entries}
 
     def _set(self, name: str, entries: list[E]) -> None:
         if entries:

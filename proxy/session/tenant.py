@@ -324,7 +324,7 @@ class TenantSession:
             self._copy_stop()
         if status == b"I":
             if len(self.portals):
-                self.portals.clear(keep=lambda p: p.hold)
+                self.portals.clear(keep=_held)
             if self.local_until is not None and number >= self.local_until:
                 self.local_until = self.local_tenant = None
 
@@ -625,6 +625,11 @@ class _NoStatement(PgError):
 class _NoPortal(PgError):
     sqlstate = "34000"
     default_reason = "missing_name"
+
+
+def _held(portal: Portal) -> bool:
+    """WITH HOLD cursors outlive their transaction."""
+    return portal.hold
 
 
 def _missing(what: str, name: str) -> PgError:
