@@ -107,6 +107,9 @@ class Names(Generic[E]):
         for name in list(self._entries):
             self._set(name, [e for e in self._entries[name] if keep(e) or not e.confirmed])
 
+    def reset(self) -> None:
+        self._entries.clear()
+
     def clear(self, keep: Callable[[E], bool]) -> None:
         """Every entry but those ``keep`` says to keep (all of them, usually, at once)."""
         kept = {name: [e for e in entries if keep(e)] for name, entries in self._entries.items()}

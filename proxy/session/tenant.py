@@ -85,6 +85,8 @@ class TenantSession:
     #: Decrypts result rows; None when no column is encrypted.
     results: ResultDecryptor | None = None
     _counters: dict[tuple[str, str | None, str], Any] = field(default_factory=dict, repr=False)
+    #: Whether a WITH HOLD cursor was ever declared (portals then outlive transactions).
+    _holds: bool = field(default=False, repr=False)
     #: (plan, tenant, Parse, entry) of the last unnamed statement parsed.
     _last_unnamed: tuple[Plan, str | None, Parse, Prepared] | None = field(default=None,
                                                                            repr=False)
@@ -245,7 +247,8 @@ class TenantSession:
             again = self.parse(prepared.parse)
             injected = [Close("S", name), again or prepared.parse]
             entries = self.statements.get(name, self.rfq_due)
-        self._owned(entries, f'prepared statement "{name}"')
+        if len(entries) != 1 or entries[0].tenant not in (None, current):
+            self._owned(entries, f'prepared statement "{name}"')
         prepared = entries[-1]
         if len(entries) == 1:
             owner = current if prepared.tenant is not None else None
@@ -295,7 +298,8 @@ class TenantSession:
         portals = self.portals.get(name, self.rfq_due)
         if not portals:
             raise _missing("portal", name)
-        self._owned(portals, f'portal "{name}"')
+        if len(portals) != 1 or portals[0].tenant not in (None, self.current):
+            self._owned(portals, f'portal "{name}"')
         if len(portals) == 1:  # the common case, without the lists below
             only = portals[0].statement
             if only is None or (not only.copies and only.sql_object is None):
@@ -323,8 +327,10 @@ class TenantSession:
         if self.copying or self.copy is not None:
             self._copy_stop()
         if status == b"I":
-            if len(self.portals):
+            if self._holds:
                 self.portals.clear(keep=_held)
+            elif len(self.portals):
+                self.portals.reset()
             if self.local_until is not None and number >= self.local_until:
                 self.local_until = self.local_tenant = None
 
@@ -425,6 +431,7 @@ class TenantSession:
         elif obj.verb == "declare" and obj.name is not None:
             cursor = Portal(self.current if inner is None or inner.tenant else None,
                             hold=obj.hold)
+            self._holds |= obj.hold
             self._pending(self.portals, obj.name, cursor, step)
         elif obj.verb == "execute" and obj.name is not None:
             self._execute_sql(obj, step)
