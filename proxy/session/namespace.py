@@ -90,6 +90,11 @@ class Names(Generic[E]):
         entries = self._entries.get(name)
         return entries is not None and len(entries) == 1 and entries[0] is entry
 
+    def settle(self, name: str, entry: E) -> None:
+        """``entry`` is what ``name`` means from now on, without an answer to wait for."""
+        entry.confirmed = True
+        self._entries[name] = [entry]
+
     def confirm(self, name: str, entry: E) -> None:
         entries = self._entries.get(name, ())
         if entries and (entries[-1] is entry or any(e is entry for e in entries)):

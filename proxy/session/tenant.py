@@ -256,7 +256,14 @@ class TenantSession:
         else:
             owner = current if any(p.tenant is not None for p in entries) else None
             plain = not any(p.sealed or p.params for p in entries)
-        self._define(self.portals, portal, Portal(owner, prepared), BOUND)
+        entry = Portal(owner, prepared)
+        if self.portals.get(portal):
+            self._define(self.portals, portal, entry, BOUND)
+        else:
+            # Nothing the server could hold under this name: whether the Bind succeeds
+            # (the entry) or fails (no portal, so an Execute fails there), the entry
+            # is all the name can mean, with no answer to wait for.
+            self.portals.settle(portal, entry)
         if plain:
             return injected  # nothing in the values to check: no need to decode them
         message = Bind.decode(FieldReader(body, "Bind"))
