@@ -1,5 +1,5 @@
-"""From statement text to a Plan: split and classify with PostgreSQL's grammar,
-police utility statements, scope data statements with sqlglot, cross-check.
+"""From statement text to a Plan: split with PostgreSQL's grammar, police utility
+statements, run data statements through the planner's passes, verify the result.
 
 Pure: text and rules in, a Plan out (or a PgError inside the plan). Nothing
 here knows about sessions or tenants; ``proxy.session`` applies plans.
