@@ -318,6 +318,7 @@ def _orm_crud(session: Session, email: str) -> None:
 def test_refusals_keep_the_session(enc: RunningProxy) -> None:
     with psycopg.connect(dsn(enc)) as conn:
         conn.execute(f"SET tenant_proxy.tenant = '{token(1)}'")
+        conn.commit()  # a rollback would undo the switch, as PostgreSQL undoes SET
         for sql in ("SELECT * FROM patients WHERE email LIKE 'a%'",
                     "SELECT * FROM patients ORDER BY ssn",
                     "SELECT * FROM patients WHERE ssn = 'x'",

@@ -78,6 +78,8 @@ def test_identity_statements_are_never_cached() -> None:
     session, _ = open_session(engine, "a", {})
     assert session.query("SET tenant_proxy.tenant = '5'") == \
         "SET tenant_proxy.tenant = '5'"
+    assert session.current is None  # switched when the server confirms it
+    session.ready(b"I", 1)
     assert session.current == "5"
     assert not any("'5'" in key[2] for key in engine.cache._entries)
 

@@ -17,8 +17,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-import pytest
-
 from proxy.wire import backend as be
 from proxy.wire import frontend as fe
 from tests.corpus_harness import CORPUS_DB
@@ -56,8 +54,6 @@ def assert_tenant_agrees(client: RawClient) -> None:
         f"server holds tenant {shown[0][0]!r}, proxy served rows of tenants {served}"
 
 
-@pytest.mark.xfail(strict=True, reason="SET tenant_proxy.tenant inside a transaction that "
-                   "rolls back: PostgreSQL reverts to tenant 1, the proxy keeps scoping to 2")
 def test_set_tenant_rolled_back_with_transaction(iso: RunningProxy) -> None:  # noqa: F811
     with tok_session(iso) as c:
         c.query("BEGIN")
@@ -66,9 +62,6 @@ def test_set_tenant_rolled_back_with_transaction(iso: RunningProxy) -> None:  # 
         assert_tenant_agrees(c)
 
 
-@pytest.mark.xfail(strict=True, reason="SET LOCAL tenant_proxy.tenant undone by ROLLBACK TO "
-                   "SAVEPOINT: PostgreSQL reverts, the proxy keeps the local tenant until "
-                   "the transaction ends")
 def test_set_local_tenant_rolled_back_to_savepoint(iso: RunningProxy) -> None:  # noqa: F811
     with tok_session(iso) as c:
         c.query("BEGIN")
@@ -81,22 +74,37 @@ def test_set_local_tenant_rolled_back_to_savepoint(iso: RunningProxy) -> None:  
             c.query("ROLLBACK")
 
 
-@pytest.mark.xfail(strict=True, reason="SET (session) after SET LOCAL in one transaction: "
-                   "PostgreSQL uses the new value at once, the proxy keeps the SET LOCAL "
-                   "tenant until COMMIT")
 def test_set_after_set_local_in_transaction(iso: RunningProxy) -> None:  # noqa: F811
+    """A session-level SET after SET LOCAL replaces it, on both sides."""
     with tok_session(iso) as c:
         c.query("BEGIN")
         c.query(f"SET LOCAL tenant_proxy.tenant = '{token('2')}'")
-        c.query(f"SET tenant_proxy.tenant = '{token('1')}'")
+        answer = c.query(f"SET tenant_proxy.tenant = '{token('1')}'")
+        refused = [m for m in answer if isinstance(m, be.ErrorResponse)]
         try:
-            assert_tenant_agrees(c)
+            if not refused:
+                assert_tenant_agrees(c)
         finally:
             c.query("ROLLBACK")
+        assert_tenant_agrees(c)
 
 
-@pytest.mark.xfail(strict=True, reason="Parse of SET tenant_proxy.tenant switches the proxy's "
-                   "tenant although the statement is never executed upstream")
+def test_a_pending_switch_blocks_the_statements_pipelined_after_it(
+        iso: RunningProxy) -> None:  # noqa: F811
+    """Statements sent before the server confirmed a switch are refused, never planned
+    for a tenant the server may not hold."""
+    with tok_session(iso) as c:
+        c.send(fe.Parse("", f"SET tenant_proxy.tenant = '{token('2')}'"),
+               fe.Bind("", "", (), ()), fe.Execute("", 0),
+               fe.Parse("", "SELECT tenant_id FROM users"), fe.Bind("", "", (), ()),
+               fe.Execute("", 0), fe.Sync())
+        answer = c.recv_until_ready()
+        errors = [m for m in answer if isinstance(m, be.ErrorResponse)]
+        assert errors and "not confirmed" in errors[0].message
+        assert not any(isinstance(m, be.DataRow) for m in answer)
+        assert_tenant_agrees(c)
+
+
 def test_parse_of_set_tenant_without_execute(iso: RunningProxy) -> None:  # noqa: F811
     with tok_session(iso) as c:
         c.send(fe.Parse("", f"SET tenant_proxy.tenant = '{token('2')}'"), fe.Sync())
@@ -104,8 +112,6 @@ def test_parse_of_set_tenant_without_execute(iso: RunningProxy) -> None:  # noqa
         assert_tenant_agrees(c)
 
 
-@pytest.mark.xfail(strict=True, reason="SET tenant_proxy.tenant pipelined after a failing "
-                   "statement: PostgreSQL skips it to Sync, the proxy switches anyway")
 def test_set_tenant_skipped_after_pipeline_error(iso: RunningProxy) -> None:  # noqa: F811
     with tok_session(iso) as c:
         c.send(fe.Parse("", "SELECT 1/0"), fe.Bind("", "", (), ()), fe.Execute("", 0),
@@ -116,8 +122,6 @@ def test_set_tenant_skipped_after_pipeline_error(iso: RunningProxy) -> None:  # 
         assert_tenant_agrees(c)
 
 
-@pytest.mark.xfail(strict=True, reason="SET tenant_proxy.tenant in a transaction that fails "
-                   "later (aborted, then ROLLBACK): PostgreSQL reverts, the proxy keeps it")
 def test_set_tenant_in_aborted_transaction(iso: RunningProxy) -> None:  # noqa: F811
     with tok_session(iso) as c:
         c.query("BEGIN")
@@ -131,4 +135,24 @@ def test_sanity_consistent_switch(iso: RunningProxy) -> None:  # noqa: F811
     """Control: a committed switch agrees on both sides (the helper can pass)."""
     with tok_session(iso) as c:
         c.query(f"SET tenant_proxy.tenant = '{token('2')}'")
+        assert_tenant_agrees(c)
+
+
+def test_switch_in_a_block_is_kept_by_commit(iso: RunningProxy) -> None:  # noqa: F811
+    """Control for the rollback cases: COMMIT keeps a switch made in a block."""
+    with tok_session(iso) as c:
+        c.query("BEGIN")
+        c.query(f"SET tenant_proxy.tenant = '{token('2')}'")
+        c.query("COMMIT")
+        assert _rows(c.query("SHOW tenant_proxy.tenant")) == [("2",)]
+        assert_tenant_agrees(c)
+
+
+def test_switch_after_a_savepoint_is_refused(iso: RunningProxy) -> None:  # noqa: F811
+    with tok_session(iso) as c:
+        c.query("BEGIN")
+        c.query("SAVEPOINT a")
+        answer = c.query(f"SET tenant_proxy.tenant = '{token('2')}'")
+        assert any(isinstance(m, be.ErrorResponse) and m.sqlstate == "42501" for m in answer)
+        c.query("ROLLBACK")
         assert_tenant_agrees(c)

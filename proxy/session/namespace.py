@@ -42,6 +42,8 @@ class Prepared:
     sql_object: SqlObject | None = None
     #: For a SQL PREPARE run through the protocol: the statement it prepares.
     prepares: Prepared | None = None
+    #: For SET/RESET of the tenant: the switch, made when an execution is confirmed.
+    identity: Callable[[], None] | None = None
     confirmed: bool = False
     #: The Sync epoch of the message that creates it.
     due: int = 0

@@ -14,7 +14,8 @@ import functools
 import re
 import time
 import uuid
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from proxy.anomaly.activity import SessionActivity
@@ -85,6 +86,22 @@ class TenantSession:
     #: Decrypts result rows; None when no column is encrypted.
     results: ResultDecryptor | None = None
     _counters: dict[tuple[str, str | None, str], Any] = field(default_factory=dict, repr=False)
+    #: Transaction status of the last ReadyForQuery.
+    status: bytes = b"I"
+    #: A SAVEPOINT was set in the current transaction block.
+    _savepoint: bool = field(default=False, repr=False)
+    #: A tenant switch planned and not yet sent with its step / awaiting the server.
+    _switch: Callable[[], None] | None = field(default=None, repr=False)
+    _switching: bool = field(default=False, repr=False)
+    #: The session tenant when the current transaction block began, and whether a
+    #: ROLLBACK of it was sent.
+    _block_tenant: str | None = field(default=None, repr=False)
+    _rolling_back: bool = field(default=False, repr=False)
+    _switch_due: int = field(default=0, repr=False)
+    _switch_ready: Callable[[], None] | None = field(default=None, repr=False)
+    #: The Sync epoch being planned and how many statements it has had.
+    _epoch_due: int = field(default=-1, repr=False)
+    _epoch_count: int = field(default=0, repr=False)
     #: Whether a WITH HOLD cursor was ever declared (portals then outlive transactions).
     _holds: bool = field(default=False, repr=False)
     #: (plan, tenant, Parse, entry) of the last unnamed statement parsed.
@@ -124,14 +141,17 @@ class TenantSession:
         try:
             plan, literals = self.engine.plan_query(sql)
             new_sql = self._apply(plan, literals)
-            # Only a COPY or a SQL-level name needs the server's answer; a CopyInResponse
-            # in an epoch with no step is refused (fail closed).
+            # Only a COPY, a SQL-level name or a tenant switch needs the server's answer;
+            # a CopyInResponse in an epoch with no step is refused (fail closed).
             step = None
-            if plan.sql_object is not None or "CopyStmt" in plan.kinds:
+            switch, self._switch = self._switch, None
+            if plan.sql_object is not None or "CopyStmt" in plan.kinds or switch:
                 step = Step(self.rfq_due, QUERY, copies="CopyStmt" in plan.kinds,
                             copy_in=plan.copy_in, tenant=self.current)
                 if plan.sql_object is not None:
                     self._sql_object(plan.sql_object, self._inner(plan), step)
+                if switch is not None:
+                    self._await_switch(step, switch)
         except PgError as exc:
             self._count(plan, "refused", exc, start, sql)
             raise
@@ -153,6 +173,9 @@ class TenantSession:
                     message.sql)
         sealed = dict(plan.sealing.params) if plan.sealing is not None else {}
         prepared = self._prepared(message, plan, sealed)
+        switch, self._switch = self._switch, None
+        if switch is not None:
+            prepared = replace(prepared, identity=switch, confirmed=False)
         if not (prepared.confirmed and self.statements.only(message.name, prepared)):
             # (The unnamed statement parsed again as it is: a failure would leave the
             # proxy expecting a statement the server dropped, which fails there too.)
@@ -309,7 +332,8 @@ class TenantSession:
             self._owned(portals, f'portal "{name}"')
         if len(portals) == 1:  # the common case, without the lists below
             only = portals[0].statement
-            if only is None or (not only.copies and only.sql_object is None):
+            if only is None or (not only.copies and only.sql_object is None and
+                                only.identity is None):
                 return
         statements = [p.statement for p in portals if p.statement is not None]
         copies = [p for p in statements if p.copies]
@@ -317,12 +341,18 @@ class TenantSession:
             raise Refused(f'portal "{name}" is being bound again; execute it after the '
                           "server has answered")
         objects = [p for p in statements if p.sql_object is not None]
-        if not copies and not objects:
-            return  # only a COPY or a SQL-level name needs the answer (see query)
+        if not copies and not objects and all(p.identity is None for p in statements):
+            return  # only a COPY, a SQL-level name or a switch needs the answer (see query)
         step = Step(self.rfq_due, EXECUTED[0], copies=bool(copies),
                     copy_in=copies[0].copy_in if copies else None, tenant=self.current)
         for statement in objects:
             self._sql_object(statement.sql_object, statement.prepares, step)
+        switches = [p.identity for p in statements if p.identity is not None]
+        if switches:
+            if len(switches) > 1 or len(statements) > 1:
+                raise Refused(f'portal "{name}" is being bound again; execute it after the '
+                              "server has answered")
+            self._await_switch(step, switches[0])
         self.steps.add(step)
 
     def close(self, body: bytes) -> None:
@@ -331,6 +361,21 @@ class TenantSession:
 
     def ready(self, status: bytes, number: int) -> None:
         self.steps.ready(number)
+        if self.status == b"I" and status != b"I":
+            self._block_tenant = self.tenant  # a transaction block began: roll back to this
+        if self._switching and number >= self._switch_due:
+            self._switching = False
+            switch, self._switch_ready = self._switch_ready, None
+            if switch is not None:
+                switch()
+        # A block that ends with ROLLBACK (or failed) undoes the SETs made in it, as
+        # PostgreSQL does; SET LOCAL ends either way (below).
+        if status == b"I" and (self.status == b"E" or (self.status == b"T"
+                                                        and self._rolling_back)):
+            self.tenant = self._block_tenant
+        if status == b"I":
+            self._savepoint = self._rolling_back = False
+        self.status = status
         if self.copying or self.copy is not None:
             self._copy_stop()
         if status == b"I":
@@ -348,6 +393,7 @@ class TenantSession:
             self.steps.answered(kind)
 
     def failed(self) -> None:
+        self._switch_ready = None  # the epoch's implicit transaction is rolled back
         self._copy_stop()
         self.steps.error()
 
@@ -485,6 +531,18 @@ class TenantSession:
     # --- plans ---------------------------------------------------------------------
 
     def _apply(self, plan: Plan, literals: tuple[str, ...] | None = None) -> str | None:
+        if self._switching:
+            raise Refused("the tenant switch sent before this statement is not confirmed yet",
+                          hint="Wait for the server's answer to SET tenant_proxy.tenant (a "
+                               "Sync) before sending the next statement.",
+                          reason="tenant_switch")
+        if self._epoch_due != self.rfq_due:
+            self._epoch_due, self._epoch_count = self.rfq_due, 0
+        self._epoch_count += 1
+        if plan.savepoint and self.status != b"I":
+            self._savepoint = True
+        if plan.rollback:
+            self._rolling_back = True
         if plan.identity is not None:
             return self._identity(plan.identity)
         if plan.error is not None:
@@ -585,27 +643,77 @@ class TenantSession:
     # --- identity --------------------------------------------------------------------
 
     def _identity(self, action: IdentityAction) -> str | None:
+        """SET/RESET of the tenant: the text to send, and the switch staged for the
+        caller to make when the server confirms it (``_await_switch``), so that a
+        statement PostgreSQL rolls back, skips or never executes switches nothing.
+
+        Switches run only where their effect is known: each first in its Sync epoch,
+        never after a SAVEPOINT of the block (a ROLLBACK TO would undo it), SET LOCAL
+        only inside a block. A session-level switch inside a block is undone when the
+        block rolls back (``ready``), as PostgreSQL undoes it."""
         if action.verb == "show":
             return None
-        if action.verb == "reset-all":
-            self.tenant, self.local_until, self.local_tenant = self.startup_tenant, None, None
-            return None
-        if self.user.identity == "bound":
+        if action.verb != "reset-all" and self.user.identity == "bound":
             raise Refused(f'role "{self.role}" is bound to tenant {self.user.tenant}; '
                           "it cannot switch tenant")
-        if action.verb == "reset":
-            tenant = self.startup_tenant
-        else:
-            assert action.value is not None
-            tenant = self._resolve(action.value)
-        if action.local:
-            self.local_tenant, self.local_until = tenant, self.rfq_due
-        else:
-            self.tenant = tenant
+        self._check_switch_point(action.local)
+        if action.verb == "reset-all":
+            startup = self.startup_tenant
+
+            def reset_all() -> None:
+                self.tenant, self.local_until, self.local_tenant = startup, None, None
+
+            self._switch = reset_all
+            return None
+        tenant = self.startup_tenant if action.verb == "reset" else self._resolve(
+            action.value or "")
+        due = self.rfq_due
+
+        def switch() -> None:
+            if action.local:
+                self.local_tenant, self.local_until = tenant, due
+            else:  # a session SET also replaces an earlier SET LOCAL, as in PostgreSQL
+                self.tenant, self.local_tenant, self.local_until = tenant, None, None
+
+        self._switch = switch
         scope = "LOCAL " if action.local else ""
         if tenant is None:
             return f"SET {scope}{TENANT_SETTING} TO DEFAULT"
         return f"SET {scope}{TENANT_SETTING} = '{tenant.replace(chr(39), chr(39) * 2)}'"
+
+    def _check_switch_point(self, local: bool) -> None:
+        if self.rfq_due > self.steps.received + 1 or self._epoch_count > 1:
+            raise Refused("a tenant switch must be the first statement after the server has "
+                          "answered the ones before it",
+                          hint="Send it on its own and wait for the answer (Sync).",
+                          reason="tenant_switch")
+        if local and self.status != b"T":
+            raise Refused("SET LOCAL of the tenant works only inside a transaction block",
+                          hint="BEGIN, then SET LOCAL tenant_proxy.tenant, then the "
+                               "transaction's statements.", reason="tenant_switch")
+        if self._savepoint:
+            raise Refused("switching tenant after a SAVEPOINT is not supported: ROLLBACK TO "
+                          "would switch it back", hint="Switch before the first SAVEPOINT of "
+                          "the transaction, or outside it.", reason="tenant_switch")
+
+    def _await_switch(self, step: Step, switch: Callable[[], None]) -> None:
+        """The switch happens at the ReadyForQuery that ends the step's epoch, if the
+        step completed and nothing in the epoch failed (an error rolls the implicit
+        transaction back, SET included); until then no other statement is planned."""
+        self._switching, self._switch_due = True, step.due
+        previous_done, previous_failed = step.done, step.failed
+
+        def done() -> None:
+            if previous_done is not None:
+                previous_done()
+            self._switch_ready = switch
+
+        def failed() -> None:
+            if previous_failed is not None:
+                previous_failed()
+            self._switch_ready = None
+
+        step.done, step.failed = done, failed
 
     def _resolve(self, value: str) -> str:
         """A token (or, for trusted roles, a bare id) to a canonical tenant id."""

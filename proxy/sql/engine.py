@@ -148,6 +148,9 @@ def _utility(stmt: Statement, rules: Rules) -> tuple[IdentityAction | None, list
                          enums.TransactionStmtKind.TRANS_STMT_COMMIT_PREPARED,
                          enums.TransactionStmtKind.TRANS_STMT_ROLLBACK_PREPARED):
             raise Refused("two-phase commit is not allowed")
+        if node.chain:
+            raise Unsupported("COMMIT/ROLLBACK AND CHAIN is not supported by tenant-proxy",
+                              hint="End the transaction, then BEGIN a new one.")
         return None, []
     if isinstance(node, ast.VariableSetStmt):
         return _setting_plan(node, rules), []
@@ -298,7 +301,11 @@ def _plan_statements(statements: list[Statement], kinds: tuple[str, ...], rules:
         text = "; ".join(texts)
         verify([s.node for s in statements], text, rules)
         parts = tuple(text.split(TENANT_SENTINEL))
+    transactions = [s.node.kind for s in statements if isinstance(s.node, ast.TransactionStmt)]
+    kinds_of = enums.TransactionStmtKind
     return Plan(parts=parts, needs_tenant=needs_tenant, tenant_params=frozenset(params),
+                savepoint=kinds_of.TRANS_STMT_SAVEPOINT in transactions,
+                rollback=kinds_of.TRANS_STMT_ROLLBACK in transactions,
                 tenant_literals=tuple(literals), channels=tuple(channels), kinds=kinds,
                 relations=tuple(relations), copy_in=copy_in, sql_object=sql_object,
                 sealing=sealing)

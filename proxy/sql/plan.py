@@ -62,6 +62,10 @@ class Plan:
     fingerprint: str = ""
     #: Values to encrypt and the encrypted tables the statement touches.
     sealing: Sealing | None = None
+    #: It sets a SAVEPOINT (a later ROLLBACK TO could undo what follows it).
+    savepoint: bool = False
+    #: It ends the transaction block with ROLLBACK (what it set is undone).
+    rollback: bool = False
 
     def render(self, tenant_literal: str) -> str | None:
         if self.parts is None:
