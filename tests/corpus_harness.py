@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -14,7 +16,15 @@ import yaml
 from proxy.config.settings import Settings
 from proxy.wire import backend as be
 from proxy.wire import frontend as fe
-from tests.harness import Database, admin_connect, recreate_database
+from tests.certs import CertFiles
+from tests.harness import (
+    Database,
+    RunningProxy,
+    admin_connect,
+    proxy_settings,
+    recreate_database,
+    running_proxy,
+)
 from tests.rawclient import RawClient
 
 CORPUS = Path(__file__).parent / "corpus"
@@ -168,3 +178,22 @@ def rows_equal(got: list[list[str | None]], expected: list[list[Any]], ordered: 
         return got == want
     key = repr
     return sorted(got, key=key) == sorted(want, key=key)
+
+
+@dataclass
+class CorpusEnv:
+    """A proxy in front of the corpus database, and the database."""
+
+    proxy: RunningProxy
+    db: Database
+
+
+@contextmanager
+def corpus_proxy(db: Database, certs: CertFiles, rules_text: str, workdir: Path,
+                 logins: dict[str, str]) -> Iterator[CorpusEnv]:
+    """A fresh corpus database and a proxy in front of it with ``rules_text``."""
+    create_corpus_db(db)
+    rules = workdir / "rules.yaml"
+    rules.write_text(rules_text)
+    with running_proxy(corpus_settings(proxy_settings(db, certs), rules, logins)) as proxy:
+        yield CorpusEnv(proxy, db)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 import asyncpg
@@ -28,16 +28,17 @@ from tests.corpus_harness import (
     CORPUS,
     CORPUS_DB,
     RLS_ROLE,
+    CorpusEnv,
     Outcome,
     collect,
+    corpus_proxy,
     corpus_settings,
-    create_corpus_db,
     digest,
     recreate_corpus_db,
     reset_sequences,
     rows_equal,
 )
-from tests.harness import Database, RunningProxy, admin_connect, proxy_settings, running_proxy
+from tests.harness import Database, admin_connect, proxy_settings, running_proxy
 from tests.rawclient import RawClient
 
 LOGIN, PASSWORD = "attacker", "attacker-pw"
@@ -53,21 +54,15 @@ SECRETS = ("@globex.test", "@initech.test", "222-22-", "333-33-", "g-key", "i-ke
 REFUSALS = ("42501", "0A000")
 
 
-@dataclass
-class Env:
-    proxy: RunningProxy
-    db: Database
+Env = CorpusEnv
 
 
 @pytest.fixture(scope="module")
 def env(db: Database, certs: CertFiles, tmp_path_factory: pytest.TempPathFactory
         ) -> Iterator[Env]:
-    create_corpus_db(db)
-    rules = tmp_path_factory.mktemp("attack") / "rules.yaml"
-    rules.write_text(RULES)
-    settings = corpus_settings(proxy_settings(db, certs), rules, {LOGIN: PASSWORD})
-    with running_proxy(settings) as proxy:
-        yield Env(proxy, db)
+    with corpus_proxy(db, certs, RULES, tmp_path_factory.mktemp("attack"),
+                      {LOGIN: PASSWORD}) as corpus:
+        yield corpus
 
 
 # --- clients ------------------------------------------------------------------------

@@ -19,22 +19,18 @@ import pytest
 
 import tests.test_attack_classes as attack
 from tests.certs import CertFiles
-from tests.corpus_harness import CORPUS_DB, corpus_settings, create_corpus_db
-from tests.harness import Database, admin_connect, proxy_settings, running_proxy
+from tests.corpus_harness import CORPUS_DB, CorpusEnv, corpus_proxy
+from tests.harness import Database, admin_connect
 
-Env = attack.Env
+Env = CorpusEnv
 
 
 @pytest.fixture(scope="module")
 def env(db: Database, certs: CertFiles, tmp_path_factory: pytest.TempPathFactory
         ) -> Iterator[Env]:
-    create_corpus_db(db)
-    rules = tmp_path_factory.mktemp("red-team") / "rules.yaml"
-    rules.write_text(attack.RULES)
-    settings = corpus_settings(proxy_settings(db, certs), rules,
-                               {attack.LOGIN: attack.PASSWORD})
-    with running_proxy(settings) as proxy:
-        yield Env(proxy, db)
+    with corpus_proxy(db, certs, attack.RULES, tmp_path_factory.mktemp("red-team"),
+                      {attack.LOGIN: attack.PASSWORD}) as corpus:
+        yield corpus
 
 
 def _refused_or_rls(env: Env, sql: str, params: list[Any] | None = None) -> None:

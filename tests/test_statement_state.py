@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 
 import asyncpg
 import psycopg
@@ -24,8 +23,8 @@ from proxy.wire import backend as be
 from proxy.wire import frontend as fe
 from proxy.wire.backend import guard_error
 from tests.certs import CertFiles
-from tests.corpus_harness import CORPUS, CORPUS_DB, corpus_settings, create_corpus_db, digest
-from tests.harness import Database, RunningProxy, admin_connect, proxy_settings, running_proxy
+from tests.corpus_harness import CORPUS, CORPUS_DB, CorpusEnv, corpus_proxy, digest
+from tests.harness import Database, admin_connect
 from tests.rawclient import RawClient, errors
 
 LOGIN, PASSWORD = "stateful", "stateful-pw"
@@ -38,21 +37,15 @@ COPY_SQL = "COPY orders (tenant_id, total) FROM STDIN"
 INSERT_SQL = "INSERT INTO orders (tenant_id, total) VALUES ($1, $2)"
 
 
-@dataclass
-class Env:
-    proxy: RunningProxy
-    db: Database
+Env = CorpusEnv
 
 
 @pytest.fixture(scope="module")
 def env(db: Database, certs: CertFiles, tmp_path_factory: pytest.TempPathFactory
         ) -> Iterator[Env]:
-    create_corpus_db(db)
-    rules = tmp_path_factory.mktemp("state") / "rules.yaml"
-    rules.write_text(RULES)
-    with running_proxy(corpus_settings(proxy_settings(db, certs), rules,
-                                       {LOGIN: PASSWORD})) as proxy:
-        yield Env(proxy, db)
+    with corpus_proxy(db, certs, RULES, tmp_path_factory.mktemp("state"),
+                      {LOGIN: PASSWORD}) as corpus:
+        yield corpus
 
 
 def _run(coro):  # type: ignore[no-untyped-def]
