@@ -11,10 +11,8 @@ from pglast import ast
 
 from proxy.errors import Refused
 from proxy.policy.rules import Rules
-from proxy.sql.builtins import SAFE_CATALOG, SENSITIVE_CATALOG
+from proxy.sql.builtins import CATALOG_SCHEMAS, SAFE_CATALOG, SENSITIVE_CATALOG
 from proxy.sql.scope import Reference
-
-CATALOG_SCHEMAS = ("pg_catalog", "information_schema")
 
 
 def classify(rules: Rules, ref: Reference) -> None:

@@ -43,7 +43,8 @@ from proxy.sql.builtins import (
     SENSITIVE_CATALOG_COLUMNS,
     SIDE_CHANNEL_PREFIXES,
 )
-from proxy.sql.statements import function_name, relation_refs, walk
+from proxy.sql.scope import references
+from proxy.sql.statements import function_name, walk
 
 _SEQUENCE_WRITERS = frozenset({"nextval", "setval"})
 _SETTINGS_HINT = ("Readable settings are listed in tenant-proxy's READABLE_SETTINGS; an "
@@ -119,22 +120,18 @@ def check_sequence_calls(root: ast.Node) -> None:
 # --- catalog relations ------------------------------------------------------------------
 
 
+def _catalog_refs(root: ast.Node) -> Iterator[tuple[ast.RangeVar, str]]:
+    """Each catalog relation referenced, with its qualified name, as the scope walker
+    resolves it (CTEs shadow catalog names, as they do in PostgreSQL)."""
+    for ref in references(root):
+        if ref.role != "cte" and ref.qualified.split(".", 1)[0] in CATALOG_SCHEMAS:
+            yield ref.node, ref.qualified
+
+
 def catalog_aliases(root: ast.Node) -> dict[str, str]:
-    """Alias (or bare name) -> qualified name of every catalog relation referenced;
-    CTEs shadow catalog names as they do in PostgreSQL."""
-    out: dict[str, str] = {}
-    for ref, is_cte in relation_refs(root):
-        qualified = _catalog_name(ref) if not is_cte else None
-        if qualified is not None:
-            out[ref.alias.aliasname if ref.alias else ref.relname] = qualified
-    return out
-
-
-def _catalog_name(ref: ast.RangeVar) -> str | None:
-    schema = ref.schemaname
-    if schema is None and ref.relname.startswith("pg_"):
-        schema = "pg_catalog"
-    return f"{schema}.{ref.relname}" if schema in CATALOG_SCHEMAS else None
+    """Alias (or bare name) -> qualified name of every catalog relation referenced."""
+    return {ref.alias.aliasname if ref.alias else ref.relname: qualified
+            for ref, qualified in _catalog_refs(root)}
 
 
 def check_catalog_reads(root: ast.Node, nodes: Sequence[ast.Node]) -> None:
@@ -144,10 +141,8 @@ def check_catalog_reads(root: ast.Node, nodes: Sequence[ast.Node]) -> None:
     A relation without sensitive columns (SAFE_CATALOG and catalog.allow, less
     SENSITIVE_CATALOG_COLUMNS) may be read whole.
     """
-    for ref, is_cte in relation_refs(root):
-        qualified = None if is_cte else _catalog_name(ref)
-        if qualified is not None and qualified.split(".", 1)[1].startswith(
-                SIDE_CHANNEL_PREFIXES):
+    for ref, qualified in _catalog_refs(root):
+        if qualified.split(".", 1)[1].startswith(SIDE_CHANNEL_PREFIXES):
             raise Refused(f"reading {qualified} is not allowed: server statistics count "
                           "every tenant's rows", reason="catalog")
         if qualified in SENSITIVE_CATALOG_COLUMNS and ref.alias and ref.alias.colnames:

@@ -5,8 +5,7 @@ as the server will, and never with a second parser that could disagree.
 
 from __future__ import annotations
 
-from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -24,7 +23,7 @@ class SyntaxErr(PgError):
     default_reason = "syntax"
 
 
-#: pglast statement node -> the sqlglot expression class that must match it.
+#: The statements the planner's passes check and scope.
 DATA_STATEMENTS = ("SelectStmt", "InsertStmt", "UpdateStmt", "DeleteStmt")
 
 
@@ -40,11 +39,6 @@ class Statement:
     def nodes(self) -> list[ast.Node]:
         """Every node of the statement, walked once for all the checks."""
         return walk(self.node)
-
-    @cached_property
-    def refs(self) -> list[tuple[ast.RangeVar, bool]]:
-        """``relation_refs`` of the statement, computed once."""
-        return list(relation_refs(self.node))
 
 
 def split(sql: str) -> list[Statement]:
@@ -96,40 +90,6 @@ def walk(root: object) -> list[ast.Node]:
         elif isinstance(node, tuple):
             stack.extend(reversed(node))
     return out
-
-
-def relation_refs(node: object, ctes: frozenset[str] = frozenset()
-                  ) -> Iterator[tuple[ast.RangeVar, bool]]:
-    """Every RangeVar with whether it names a CTE in scope there.
-
-    PostgreSQL's rule: a CTE is visible to the statement body and, without
-    RECURSIVE, only to the CTEs after it (with RECURSIVE, to all of them).
-    """
-    if isinstance(node, tuple):
-        for item in node:
-            yield from relation_refs(item, ctes)
-        return
-    if not isinstance(node, ast.Node):
-        return
-    if isinstance(node, ast.RangeVar):
-        yield node, node.schemaname is None and node.relname in ctes
-        return
-    with_clause = getattr(node, "withClause", None) if isinstance(
-        node, (ast.SelectStmt, ast.InsertStmt, ast.UpdateStmt, ast.DeleteStmt)) else None
-    if with_clause is not None:
-        names = [cte.ctename for cte in with_clause.ctes]
-        for i, cte in enumerate(with_clause.ctes):
-            visible = names if with_clause.recursive else names[:i]
-            yield from relation_refs(cte.ctequery, ctes | frozenset(visible))
-        ctes = ctes | frozenset(names)
-    for name in node:
-        if name != "withClause" or with_clause is None:
-            yield from relation_refs(getattr(node, name), ctes)
-
-
-def range_vars(nodes: Sequence[ast.Node]) -> Counter[tuple[str | None, str]]:
-    """Every relation-shaped name (tables, views, CTE references) in a statement."""
-    return Counter((n.schemaname, n.relname) for n in nodes if isinstance(n, ast.RangeVar))
 
 
 #: pg_class columns that count or locate every tenant's rows.
