@@ -700,20 +700,13 @@ class TenantSession:
         """The switch happens at the ReadyForQuery that ends the step's epoch, if the
         step completed and nothing in the epoch failed (an error rolls the implicit
         transaction back, SET included); until then no other statement is planned."""
+        assert step.done is None  # identity statements are nothing else
         self._switching, self._switch_due = True, step.due
-        previous_done, previous_failed = step.done, step.failed
 
-        def done() -> None:
-            if previous_done is not None:
-                previous_done()
-            self._switch_ready = switch
+        def completed() -> None:
+            self._switch_ready = switch  # ``failed`` drops it if the epoch fails later
 
-        def failed() -> None:
-            if previous_failed is not None:
-                previous_failed()
-            self._switch_ready = None
-
-        step.done, step.failed = done, failed
+        step.done = completed
 
     def _resolve(self, value: str) -> str:
         """A token (or, for trusted roles, a bare id) to a canonical tenant id."""

@@ -64,7 +64,7 @@ def plan_data(stmt: Statement, rules: Rules) -> _Data:
     ctx = passes.run(stmt, rules)
     splicer, sealing = ctx.splicer, ctx.sealing
     assert splicer is not None
-    text = splicer.result() if splicer.edits else ctx.stmt.text
+    text = splicer.result()
     changed = text != stmt.text or (sealing is not None and bool(sealing.params
                                                                 or sealing.literals))
     out = splicer.out

@@ -56,9 +56,8 @@ class Edit:
 
 @dataclass
 class Scoping:
-    """What the pass did, for the plan and the verifier."""
+    """What the pass did, for the plan."""
 
-    text: str = ""
     needs_tenant: bool = False
     #: $n parameters that must equal the tenant (checked at Bind).
     tenant_params: set[int] = field(default_factory=set)
