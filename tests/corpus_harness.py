@@ -31,6 +31,8 @@ CORPUS = Path(__file__).parent / "corpus"
 CORPUS_DB = "corpus"
 CORPUS_TEMPLATE = "corpus_tpl"
 RLS_ROLE = "rls_reader"
+#: The corpus rules' tenant and table sections, for rules files that add their own users.
+CORPUS_TABLE_RULES = (CORPUS / "rules.yaml").read_text().split("\nusers:")[0]
 SCOPED = {"users": "tenant_id", "orders": "tenant_id", "order_items": "tenant_id",
           "documents": "tenant_id", "tenants": "id"}
 SEQUENCES = ("users_id_seq", "orders_id_seq", "order_items_id_seq", "documents_id_seq",
@@ -147,16 +149,22 @@ def collect(messages: list[be.BackendMessage]) -> Outcome:
     return out
 
 
-def run_statement(client: RawClient, sql: str, params: list[Any] | None = None,
-                  copy_data: str | None = None) -> Outcome:
-    """Send ``sql`` (simple protocol, or extended with text parameters) and
-    collect everything up to ReadyForQuery."""
+def send_statement(client: RawClient, sql: str, params: list[Any] | None = None) -> None:
+    """``sql`` as a simple Query, or with ``params`` as text parameters through
+    Parse/Bind/Describe/Execute/Sync of the unnamed statement."""
     if params is None:
         client.send(fe.Query(sql))
     else:
         values = tuple(None if p is None else str(p).encode() for p in params)
         client.send(fe.Parse("", sql), fe.Bind("", "", (), values), fe.Describe("P", ""),
                     fe.Execute("", 0), fe.Sync())
+
+
+def run_statement(client: RawClient, sql: str, params: list[Any] | None = None,
+                  copy_data: str | None = None) -> Outcome:
+    """Send ``sql`` (see ``send_statement``) and collect everything up to
+    ReadyForQuery."""
+    send_statement(client, sql, params)
     messages: list[be.BackendMessage] = []
     while True:
         msg = client.recv()

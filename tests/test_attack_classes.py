@@ -25,8 +25,8 @@ from proxy.wire import backend as be
 from proxy.wire import frontend as fe
 from tests.certs import CertFiles
 from tests.corpus_harness import (
-    CORPUS,
     CORPUS_DB,
+    CORPUS_TABLE_RULES,
     RLS_ROLE,
     CorpusEnv,
     Outcome,
@@ -37,12 +37,13 @@ from tests.corpus_harness import (
     recreate_corpus_db,
     reset_sequences,
     rows_equal,
+    send_statement,
 )
 from tests.harness import Database, admin_connect, proxy_settings, running_proxy
 from tests.rawclient import RawClient
 
 LOGIN, PASSWORD = "attacker", "attacker-pw"
-RULES = (CORPUS / "rules.yaml").read_text().split("\nusers:")[0] + f"""
+RULES = CORPUS_TABLE_RULES + f"""
 session: {{multi_statement: allow, reset_all: allow, sql_prepare: rewrite}}
 users:
   {LOGIN}: {{identity: bound, tenant: 1}}
@@ -99,12 +100,7 @@ def exchange(client: RawClient, sql: str, params: list[Any] | None = None,
              copy_data: list[str] | None = None) -> list[be.BackendMessage]:
     """One statement, simple protocol (or extended with text parameters), every
     message up to ReadyForQuery; each CopyInResponse gets the next data item."""
-    if params is None:
-        client.send(fe.Query(sql))
-    else:
-        values = tuple(None if p is None else str(p).encode() for p in params)
-        client.send(fe.Parse("", sql), fe.Bind("", "", (), values), fe.Describe("P", ""),
-                    fe.Execute("", 0), fe.Sync())
+    send_statement(client, sql, params)
     return drive(client, list(copy_data or []))
 
 

@@ -34,7 +34,7 @@ from proxy.observability.logs import JsonFormatter
 from proxy.observability.metrics import GAUGE_MERGE, Metrics
 from proxy.server.listener import ProxyServer
 from tests.certs import CertFiles
-from tests.corpus_harness import CORPUS
+from tests.corpus_harness import CORPUS, CORPUS_TABLE_RULES
 from tests.harness import (
     Database,
     RunningProxy,
@@ -49,17 +49,7 @@ FLOOR_DB = "floor_test"
 ROLE, ROLE_PW = "floor_app", "floor-app-pw"
 #: A login the proxy forwards unrewritten (bypass), running as the floor's role.
 BYPASS = "floor_migrator"
-RULES = f"""\
-version: 1
-tenant: {{column: tenant_id, type: integer}}
-tables:
-  public.users: {{scope: tenant}}
-  public.orders: {{scope: tenant}}
-  public.order_items: {{scope: tenant}}
-  public.documents: {{scope: tenant}}
-  public.tenants: {{scope: tenant, column: id, writable: false}}
-  public.countries: {{scope: shared, writable: false}}
-  public.audit_events: {{scope: deny}}
+RULES = CORPUS_TABLE_RULES + f"""
 users:
   {ROLE}: {{identity: trusted}}
   {BYPASS}: {{identity: bypass}}

@@ -23,12 +23,18 @@ from proxy.wire import backend as be
 from proxy.wire import frontend as fe
 from proxy.wire.backend import guard_error
 from tests.certs import CertFiles
-from tests.corpus_harness import CORPUS, CORPUS_DB, CorpusEnv, corpus_proxy, digest
+from tests.corpus_harness import (
+    CORPUS_DB,
+    CORPUS_TABLE_RULES,
+    CorpusEnv,
+    corpus_proxy,
+    digest,
+)
 from tests.harness import Database, admin_connect
 from tests.rawclient import RawClient, errors
 
 LOGIN, PASSWORD = "stateful", "stateful-pw"
-RULES = (CORPUS / "rules.yaml").read_text().split("\nusers:")[0] + f"""
+RULES = CORPUS_TABLE_RULES + f"""
 session: {{multi_statement: allow, sql_prepare: rewrite}}
 users:
   {LOGIN}: {{identity: bound, tenant: 1}}
