@@ -258,3 +258,21 @@ def test_writes_that_keep_the_tenant_are_accepted_as_rls_accepts_them() -> None:
     for sql in ("UPDATE users u SET tenant_id = x.tenant_id FROM users x",
                 "UPDATE users SET tenant_id = id", "UPDATE users SET tenant_id = tenant_id + 1"):
         assert refused(sql) == "42501"
+
+
+@pytest.mark.parametrize("sql", [
+    "INSERT INTO orders (user_id) SELECT id FROM users UNION SELECT 1",
+    "INSERT INTO orders (user_id, total) SELECT id, 1 FROM users UNION SELECT 1, 2",
+    "INSERT INTO orders (user_id) TABLE users",
+    "INSERT INTO orders (user_id) WITH u AS (SELECT id FROM users) SELECT id FROM u",
+])
+def test_inserts_whose_source_is_wrapped_fill_the_last_column(sql: str) -> None:
+    """``SELECT *, <tenant> FROM (<source>)``: PostgreSQL needs one value per column,
+    so the tenant is the appended last column whatever ``*`` expands to."""
+    out = sent(sql)
+    assert '"tenant_id") SELECT *, 7 FROM (' in out
+    bad = out.replace("SELECT *, 7 FROM (", "SELECT 7, * FROM (")
+    template = bad.replace("SELECT 7, *", f"SELECT {TENANT_SENTINEL}, *")
+    with pytest.raises(VerificationFailed):
+        verify([r.stmt for r in pglast.parse_sql(sql)], template.replace(
+            "= 7", f"= {TENANT_SENTINEL}"), RULES)

@@ -155,13 +155,9 @@ def _verify_target(ref: Reference, column: str) -> None:
     if not isinstance(source, ast.SelectStmt):
         _fail(f"an INSERT into {ref.qualified} has no checkable source")
         return
-    items = [v for row in source.valuesLists for v in row] if source.valuesLists else \
-        [t.val for t in source.targetList or ()]
-    if any(_expands(v) for v in items):
-        _fail(f"an INSERT into {ref.qualified} has values of uncertain position")
-    values = [row[index] for row in source.valuesLists] if source.valuesLists else \
-        [source.targetList[index].val] if source.targetList and \
-        len(source.targetList) > index else []
+    rows = [list(row) for row in source.valuesLists] if source.valuesLists else \
+        [[t.val for t in source.targetList or ()]]
+    values = [_value_at(row, index, len(names), ref.qualified) for row in rows]
     if not values or not all(_checked_value(v, column) for v in values):
         _fail(f"an INSERT into {ref.qualified} writes an unchecked tenant value")
     conflict = writer.onConflictClause
@@ -187,6 +183,18 @@ def _verify_assignments(targets: tuple[ast.Node, ...], column: str,
                 value = value.source.args[value.colno - 1]
             if not (same_column(value, column, names) or _checked_value(value, column)):
                 _fail(f'an assignment to the tenant column "{column}" is not checked')
+
+
+def _value_at(row: list[object], index: int, width: int, qualified: str) -> object:
+    """The value a row writes into column ``index`` of ``width``. PostgreSQL needs as
+    many values as columns, so the last value is the last column's even after a
+    ``*`` (the proxy's ``SELECT *, <tenant> FROM (...)``); any other position is
+    certain only without expansion."""
+    if index == width - 1 and row:
+        return row[-1]
+    if any(_expands(v) for v in row):
+        _fail(f"an INSERT into {qualified} has values of uncertain position")
+    return row[index] if index < len(row) else None
 
 
 def _expands(value: object) -> bool:

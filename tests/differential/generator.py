@@ -855,7 +855,11 @@ class Generator:
         if self.chance(0.8):
             where.append(self.pred(rels, depth + 1))
         tail = f" WHERE {' AND '.join(where)}" if where else ""
-        return f"SELECT {', '.join(items)} FROM {sql}{tail}"
+        select = f"SELECT {', '.join(items)} FROM {sql}{tail}"
+        # Sources the proxy cannot append the tenant to in place (it wraps them).
+        return self.pick([select, select, select, f"({select})",
+                          f"{select} UNION ALL {select}",
+                          f"WITH src AS ({select}) SELECT * FROM src"])
 
     def dml_cte_stmt(self) -> tuple[str, bool]:
         inner_kind = self.pick(["update", "delete", "insert"])
