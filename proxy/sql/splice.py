@@ -24,6 +24,7 @@ result is then verified by ``verify`` from a fresh parse.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from pglast import ast, enums
 
@@ -102,9 +103,17 @@ class Splicer:
         self.toks = Tokens(text)
         self.edits: list[Edit] = []
         self.out = Scoping()
-        #: Conditions that can fail on a row's values: keep them off other tenants' rows.
-        self.fence = conditions_can_fail(nodes)
-        self.columns = [n for n in nodes if isinstance(n, ast.ColumnRef)]
+        self.nodes = nodes
+
+    @cached_property
+    def columns(self) -> list[ast.ColumnRef]:
+        return [n for n in self.nodes if isinstance(n, ast.ColumnRef)]
+
+    @cached_property
+    def fence(self) -> bool:
+        """Conditions that can fail on a row's values: keep them off other tenants'
+        rows (asked only where the tenant is enforced)."""
+        return conditions_can_fail(self.nodes)
 
     def system_columns(self, name: str) -> list[str]:
         """The system columns (ctid, xmin, ...) read through FROM item ``name``: its
