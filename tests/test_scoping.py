@@ -276,3 +276,9 @@ def test_inserts_whose_source_is_wrapped_fill_the_last_column(sql: str) -> None:
     with pytest.raises(VerificationFailed):
         verify([r.stmt for r in pglast.parse_sql(sql)], template.replace(
             "= 7", f"= {TENANT_SENTINEL}"), RULES)
+
+
+def test_a_parenthesized_select_source_gets_the_tenant_in_place() -> None:
+    """Not wrapped: a subquery would type the source's unknown literals as text."""
+    assert sent("INSERT INTO orders (note) (SELECT 'x' FROM users)").startswith(
+        """INSERT INTO orders (note, "tenant_id") (SELECT 'x', 7 FROM (SELECT * FROM""")

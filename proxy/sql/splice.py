@@ -427,9 +427,13 @@ class Splicer:
             for opener in self._rows(lo, hi, depth, len(source.valuesLists)):
                 self.insert(toks.start(toks.match[opener]), f", {TENANT_SENTINEL}")
             return
+        first, last, inner = lo, end, depth
+        while toks.name(first) == OPEN_PAREN and toks.match.get(first) == last - 1:
+            first, last, inner = first + 1, last - 1, inner + 1  # (SELECT ...)
         if source.op == enums.SetOperation.SETOP_NONE and source.withClause is None and \
-                toks.name(lo) == "SELECT" and source.targetList:
-            stop = self._targets_end(lo + 1, end, depth)
+                toks.name(first) == "SELECT" and source.targetList:
+            # Appended in place: a subquery would type its unknown literals as text.
+            stop = self._targets_end(first + 1, last, inner)
             self.insert(toks.end(stop - 1), f", {TENANT_SENTINEL}")
             return
         self.insert(toks.start(lo), f"SELECT *, {TENANT_SENTINEL} FROM (")
